@@ -1,0 +1,49 @@
+"""Builds the FastAPI application around one :class:`MediaCleanerService` (store + worker pool)."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..config import Settings
+from ..service import MediaCleanerService
+from . import downloads, system, tasks, uploads
+from .errors import install_error_handlers
+
+DESCRIPTION = """Media Cleaner returns a **protected** copy of a video: its frames carry a small adversarial
+perturbation that makes face detectors miss the faces, and its soundtrack an adversarial mask that moves
+speaker-recognition embeddings off the speaker's voice.
+
+**How to use it:** `POST /upload` a video → poll `GET /status/{task_id}` until `status` is `completed`
+→ `GET /download/{task_id}`. Errors are JSON `{"detail": "…"}` that say what to fix.
+"""
+
+
+def create_app(settings: Settings | None = None, service: MediaCleanerService | None = None) -> FastAPI:
+    """The app; the service starts with the app's lifespan and stops (cleanly) with it."""
+    service = service or MediaCleanerService(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await anyio.to_thread.run_sync(service.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(service.stop)
+
+    app = FastAPI(title="Media Cleaner", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=[{"name": "upload", "description": "Send a video to protect"},
+                                {"name": "tasks", "description": "Follow, list and cancel tasks"},
+                                {"name": "download", "description": "Fetch the protected video"},
+                                {"name": "service", "description": "Queue statistics and health"}])
+    app.state.service = service
+    if service.settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=service.settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["*"], expose_headers=["Location"])
+    install_error_handlers(app)
+    for module in (uploads, tasks, downloads, system):
+        app.include_router(module.router)
+    return app

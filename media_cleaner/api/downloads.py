@@ -1,0 +1,33 @@
+"""``GET /download/{id}``: the protected file, with a friendly name and byte ranges (resumable)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+from ..models import TaskStatus
+from .deps import ServiceDep, TaskDep
+from .errors import error_responses
+
+router = APIRouter(tags=["download"])
+
+
+@router.get("/download/{task_id}", operation_id="download_protected_video",
+            summary="Download the protected video", response_class=FileResponse,
+            responses={200: {"content": {"video/mp4": {}}, "description": "The protected mp4"},
+                       206: {"description": "Part of the file (Range request)"},
+                       **error_responses(404, 409, 410)})
+def download(task: TaskDep, service: ServiceDep) -> FileResponse:
+    if task.status != TaskStatus.completed:
+        hint = {TaskStatus.pending: "it is waiting in the queue",
+                TaskStatus.processing: f"it is being processed ({task.progress:.0f} % done)",
+                TaskStatus.failed: f"it failed: {task.error_message}",
+                TaskStatus.cancelled: "it was cancelled"}[task.status]
+        raise HTTPException(409, f"The protected video is not available: {hint}.")
+    path = service.settings.data_dir / (task.output_video or "")
+    if not task.output_video or not path.is_file():
+        raise HTTPException(410, "The protected video is no longer on the server (expired or removed). "
+                                 "Upload the original again to get a new one.")
+    name = f"{Path(task.original_filename).stem or 'video'}_protected.mp4"
+    return FileResponse(path, media_type="video/mp4", filename=name)

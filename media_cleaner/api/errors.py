@@ -1,0 +1,33 @@
+"""Every error leaves the API as JSON ``{"detail": ...}`` with the right status, never a stack trace."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger("media_cleaner.api")
+
+# Shared OpenAPI descriptions of error answers, so /docs lists them for each operation.
+ERROR_RESPONSES = {
+    400: {"description": "Bad request (e.g. an empty file)"},
+    404: {"description": "No such task"},
+    409: {"description": "The task is not in a state that allows this"},
+    410: {"description": "The file is gone (expired or deleted)"},
+    413: {"description": "Upload larger than the size limit"},
+    415: {"description": "Not a video this server can read"},
+    422: {"description": "A parameter is out of range or malformed; detail names it"},
+}
+
+
+def error_responses(*codes: int) -> dict:
+    from ..models import ErrorBody
+    return {code: {**ERROR_RESPONSES[code], "model": ErrorBody} for code in codes}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "The server hit an unexpected error; it is logged in "
+                                       "server_logs/server.log. Please try again."}, status_code=500)

@@ -1,0 +1,40 @@
+"""Service-wide resources: ``GET /stats`` (queue counts and limits in force) and ``GET /health``."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse
+
+from .. import __version__
+from ..params import EPSILON_RANGE, EVERY_N_FRAMES_RANGE, VIDEO_STRENGTH_RANGE, AUDIO_LEVELS
+from .deps import ServiceDep
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/stats", operation_id="get_stats", summary="Queue counts and the limits in force")
+def stats(service: ServiceDep) -> dict:
+    settings = service.settings
+    return {
+        "queue": service.store.counts(),
+        "workers": {"count": service.pool.size, "busy": service.pool.busy(),
+                    "threads_per_worker": settings.threads_per_worker},
+        "limits": {"max_concurrent_tasks": settings.max_concurrent_tasks,
+                   "max_video_size_gb": settings.max_video_size_gb,
+                   "max_upload_bytes": settings.max_upload_bytes,
+                   "supported_video_formats": settings.supported_video_formats,
+                   "max_attempts": settings.max_attempts},
+        "defaults": settings.default_params.as_dict(),
+        "ranges": {"epsilon": EPSILON_RANGE, "video_strength": VIDEO_STRENGTH_RANGE,
+                   "every_n_frames": EVERY_N_FRAMES_RANGE, "audio_level": AUDIO_LEVELS},
+    }
+
+
+@router.get("/health", operation_id="get_health", summary="Liveness: answers while the server runs")
+def health(service: ServiceDep) -> dict:
+    return {"status": "ok", "version": __version__, "workers": service.pool.size,
+            "busy": service.pool.busy()}
+
+
+@router.get("/", include_in_schema=False)
+def root() -> RedirectResponse:
+    return RedirectResponse("/docs")

@@ -1,0 +1,58 @@
+"""Task resources: ``GET /status/{id}``, ``GET /tasks``, ``DELETE /tasks/{id}``."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from ..models import TaskList, TaskStatus, TaskView, utc_now
+from ..store import TaskNotFound
+from .deps import ServiceDep, TaskDep
+from .errors import error_responses
+
+router = APIRouter(tags=["tasks"])
+
+
+@router.get("/status/{task_id}", operation_id="get_task_status", response_model=TaskView,
+            summary="A task's status and progress", responses=error_responses(404),
+            description="`progress` is 0–100 and `eta_s` the estimated seconds left while processing; "
+                        "`download_url` appears once the protected file is ready.")
+def get_status(task: TaskDep) -> dict:
+    return task.public()
+
+
+@router.get("/tasks", operation_id="list_tasks", response_model=TaskList, summary="List tasks, newest first",
+            responses=error_responses(422))
+def list_tasks(service: ServiceDep,
+               user_id: Annotated[str | None, Query(description="Only this owner's tasks", max_length=200)] = None,
+               status: Annotated[TaskStatus | None, Query(description="Only tasks in this state")] = None,
+               limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 50,
+               offset: Annotated[int, Query(ge=0, description="Tasks to skip")] = 0) -> dict:
+    tasks, total = service.store.list(user_id=user_id, status=status, limit=limit, offset=offset)
+    return {"tasks": [t.public() for t in tasks], "total": total, "limit": limit, "offset": offset}
+
+
+@router.delete("/tasks/{task_id}", operation_id="cancel_or_delete_task", responses=error_responses(404),
+               summary="Cancel a queued or running task, or delete a finished one",
+               description="A pending or processing task is cancelled (a running one stops within about a "
+                           "second and its partial output is removed); the answer is the task. A finished "
+                           "task is deleted with its files; the answer is `{\"task_id\": …, \"deleted\": true}`.")
+def cancel_or_delete_task(task: TaskDep, service: ServiceDep) -> dict:
+    store, data_dir = service.store, service.settings.data_dir
+    active = [TaskStatus.pending, TaskStatus.processing]
+    # The new state is persisted first, then acted on: a crash in between leaves it cancelled.
+    cancelled = store.transition(task.task_id, active, status=TaskStatus.cancelled,
+                                 completed_at=utc_now(), eta_s=None)
+    if cancelled is not None:
+        service.pool.cancel(task.task_id)
+        if cancelled.input_video:
+            (data_dir / cancelled.input_video).unlink(missing_ok=True)
+        return cancelled.public()
+    try:
+        removed = store.delete(task.task_id)
+    except TaskNotFound:   # deleted by a concurrent request
+        return {"task_id": task.task_id, "deleted": True}
+    for relative in (removed.input_video, removed.output_video):
+        if relative:
+            (data_dir / relative).unlink(missing_ok=True)
+    return {"task_id": task.task_id, "deleted": True}

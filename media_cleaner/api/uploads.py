@@ -1,0 +1,144 @@
+"""``POST /upload`` (and its alias ``/upload_with_webhook``): receive, check and queue a video."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from ..models import Task, TaskView
+from ..params import (AUDIO_LEVEL_ALIASES, AUDIO_LEVELS, EPSILON_RANGE, EVERY_N_FRAMES_RANGE,
+                      VIDEO_STRENGTH_RANGE, ParameterError, ProtectionParams)
+from ..probe import MediaError, probe_media
+from .deps import ServiceDep
+from .errors import error_responses
+from .receive import discard, receive_multipart
+
+router = APIRouter(tags=["upload"])
+
+TEXT_FIELD_LIMITS = {"user_id": 200, "notes": 5000, "webhook_url": 2048}
+KNOWN_FIELDS = {"epsilon", "video_strength", "every_n_frames", "audio_level", *TEXT_FIELD_LIMITS}
+
+UPLOAD_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "The video: mp4, mov, avi, mkv, webm, flv or m4v"},
+        "epsilon": {"type": "number", "minimum": EPSILON_RANGE[0], "maximum": EPSILON_RANGE[1], "default": 0.12,
+                    "description": "L∞ cap of the frame perturbation in the [-1, 1] range (0.12 → ±15 of 255 levels)"},
+        "video_strength": {"type": "number", "minimum": VIDEO_STRENGTH_RANGE[0],
+                           "maximum": VIDEO_STRENGTH_RANGE[1], "default": 1.0,
+                           "description": "Multiplies the budget (cap = epsilon × strength) and the attack effort"},
+        "every_n_frames": {"type": "integer", "minimum": EVERY_N_FRAMES_RANGE[0],
+                           "maximum": EVERY_N_FRAMES_RANGE[1], "default": 10,
+                           "description": "Optimise on every N-th frame; frames between carry the latest perturbation"},
+        "audio_level": {"type": "string", "enum": list(AUDIO_LEVELS) + list(AUDIO_LEVEL_ALIASES)[:3],
+                        "default": "weak",
+                        "description": "Voice mask budget; 'none' keeps the original sound"},
+        "user_id": {"type": "string", "maxLength": 200, "description": "Owner tag, used to filter GET /tasks"},
+        "notes": {"type": "string", "maxLength": 5000, "description": "Free text kept with the task"},
+        "webhook_url": {"type": "string", "maxLength": 2048, "format": "uri",
+                        "description": "Called with the task as JSON when it completes, fails or is cancelled"},
+    },
+}
+
+UPLOAD_DOC = """Upload a video to protect. Answers **202** with the task; follow `Location` (`/status/{task_id}`)
+until `status` is `completed`, then `GET /download/{task_id}`.
+
+The file is streamed to disk and checked by probing its content, not only its name. Example:
+
+    curl -F file=@talk.mp4 -F epsilon=0.12 -F audio_level=weak http://127.0.0.1:8000/upload
+"""
+
+
+def _text_fields(fields: dict[str, str]) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for name, limit in TEXT_FIELD_LIMITS.items():
+        value = fields.get(name, "").strip() or None
+        if value is not None and len(value) > limit:
+            raise ParameterError(name, f"{name} is {len(value)} characters long; at most {limit} are allowed")
+        values[name] = value
+    url = values["webhook_url"]
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        raise ParameterError("webhook_url", "webhook_url must be an http:// or https:// URL")
+    return values
+
+
+async def _upload(request: Request, service: ServiceDep) -> JSONResponse:
+    settings = service.settings
+    task_id = uuid.uuid4().hex
+    part_path = settings.input_dir / f".{task_id}.part"
+    received = await receive_multipart(request, part_path, settings.max_upload_bytes)
+    try:
+        if received.path is None:
+            raise HTTPException(422, "No file in the upload: send the video in the multipart field 'file' "
+                                     "(curl -F file=@video.mp4 …).")
+        extension = Path(received.filename).suffix.lower()
+        if extension not in settings.supported_video_formats:
+            raise HTTPException(415, f"{received.filename!r} is not a supported video type; send one of "
+                                     f"{', '.join(settings.supported_video_formats)}.")
+        if received.size == 0:
+            raise HTTPException(400, "The uploaded file is empty (0 bytes).")
+        unknown = sorted(set(received.fields) - KNOWN_FIELDS)
+        if unknown:
+            raise HTTPException(422, f"Unknown field(s) {', '.join(map(repr, unknown))}; the upload accepts "
+                                     f"file, {', '.join(sorted(KNOWN_FIELDS))}.")
+        try:
+            params = ProtectionParams.parse(
+                received.fields.get("epsilon"), received.fields.get("video_strength"),
+                received.fields.get("every_n_frames"), received.fields.get("audio_level"),
+                defaults=settings.default_params)
+            text = _text_fields(received.fields)
+        except ParameterError as exc:
+            raise HTTPException(422, exc.message)
+        try:
+            info = await anyio.to_thread.run_sync(probe_media, part_path, service.ffmpeg)
+        except MediaError as exc:
+            raise HTTPException(415, str(exc))
+
+        stored = settings.input_dir / f"{task_id}{extension}"
+        task = Task(task_id=task_id, input_video=str(stored.relative_to(settings.data_dir)),
+                    original_filename=received.filename, size_bytes=received.size, media=info.summary(),
+                    **params.as_dict(), **text)
+
+        def record() -> None:
+            part_path.rename(stored)
+            try:
+                service.store.add(task)
+            except BaseException:
+                stored.unlink(missing_ok=True)
+                raise
+
+        await anyio.to_thread.run_sync(record)
+    except BaseException:
+        discard(part_path)
+        raise
+    service.pool.notify()
+    return JSONResponse(task.public(), status_code=202, headers={"Location": f"/status/{task_id}"})
+
+
+_upload_kwargs = dict(
+    status_code=202, response_model=TaskView,
+    responses={202: {"description": "Accepted: the task, queued", "headers": {
+        "Location": {"description": "Where to poll the task", "schema": {"type": "string"}}}},
+        **error_responses(400, 413, 415, 422)},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": UPLOAD_FORM_SCHEMA}}}},
+)
+
+
+@router.post("/upload", operation_id="upload_video", summary="Upload a video to protect",
+             description=UPLOAD_DOC, **_upload_kwargs)
+async def upload_video(request: Request, service: ServiceDep) -> JSONResponse:
+    return await _upload(request, service)
+
+
+@router.post("/upload_with_webhook", operation_id="upload_video_with_webhook",
+             summary="Upload a video (alias of /upload, kept for older clients)",
+             description="Same as `POST /upload`; set `webhook_url` to be called when the task ends.",
+             **_upload_kwargs)
+async def upload_video_with_webhook(request: Request, service: ServiceDep) -> JSONResponse:
+    return await _upload(request, service)

@@ -1,0 +1,147 @@
+"""Server settings: one validated object, read from defaults, ``MEDIA_CLEANER_*`` environment variables and
+``run_server.py`` flags (in that order of precedence, lowest first).
+
+``data_dir`` is the root of the five folders the service owns (created on start):
+``videos_input/``, ``videos_output/``, ``videos_temp/``, ``server_logs/``, ``queue_db/``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .params import (AUDIO_LEVELS, DEFAULT_AUDIO_LEVEL, DEFAULT_EPSILON, DEFAULT_EVERY_N_FRAMES,
+                     DEFAULT_VIDEO_STRENGTH, EPSILON_RANGE, EVERY_N_FRAMES_RANGE, VIDEO_STRENGTH_RANGE,
+                     ProtectionParams, normalize_audio_level)
+
+SUPPORTED_VIDEO_FORMATS = [".mp4", ".mov", ".avi", ".mkv", ".webm", ".flv", ".m4v"]
+DATA_FOLDERS = ("videos_input", "videos_output", "videos_temp", "server_logs", "queue_db")
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Environment: ``MEDIA_CLEANER_<FIELD>`` (e.g. MEDIA_CLEANER_PORT)."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDIA_CLEANER_", extra="ignore", validate_assignment=True)
+
+    # Network
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server to the network")
+    port: int = Field(8000, ge=1, le=65535)
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description='Browser origins allowed to call the API, e.g. ["https://app.example"]')
+
+    # Queue and limits
+    max_concurrent_tasks: int = Field(3, ge=1, le=64, description="Worker threads (videos processed at once)")
+    max_video_size_gb: float = Field(2.0, gt=0, le=1024)
+    supported_video_formats: list[str] = Field(default_factory=lambda: list(SUPPORTED_VIDEO_FORMATS))
+    max_attempts: int = Field(3, ge=1, le=20, description="A task interrupted this many times fails")
+    progress_write_interval_s: float = Field(1.0, ge=0.0, le=60.0,
+                                             description="At most one store write per task per interval for progress")
+
+    # Processing defaults (a request may override them within their ranges)
+    default_epsilon: float = Field(DEFAULT_EPSILON, ge=EPSILON_RANGE[0], le=EPSILON_RANGE[1])
+    default_video_strength: float = Field(DEFAULT_VIDEO_STRENGTH, ge=VIDEO_STRENGTH_RANGE[0], le=VIDEO_STRENGTH_RANGE[1])
+    default_every_n_frames: int = Field(DEFAULT_EVERY_N_FRAMES, ge=EVERY_N_FRAMES_RANGE[0], le=EVERY_N_FRAMES_RANGE[1])
+    default_audio_level: str = Field(DEFAULT_AUDIO_LEVEL, description=f"one of {', '.join(AUDIO_LEVELS)}")
+    video_crf: int = Field(17, ge=0, le=51, description="libx264 quality; low so that perturbations survive")
+    video_preset: str = Field("fast", description="libx264 preset (speed/size trade-off)")
+    audio_bitrate: str = Field("192k")
+
+    # Paths and tools
+    data_dir: Path = Field(Path("."), description="Root of videos_input/, videos_output/, videos_temp/, server_logs/, queue_db/")
+    ffmpeg: str | None = Field(None, description="ffmpeg binary to use (else ffmpeg/ folder, PATH, imageio-ffmpeg)")
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    log_backup_count: int = Field(5, ge=0, le=100)
+
+    @field_validator("default_audio_level")
+    @classmethod
+    def _audio_level(cls, value: str) -> str:
+        return normalize_audio_level(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("supported_video_formats")
+    @classmethod
+    def _extensions(cls, values: list[str]) -> list[str]:
+        return [v.lower() if v.startswith(".") else "." + v.lower() for v in values]
+
+    @model_validator(mode="after")
+    def _absolute_data_dir(self) -> "Settings":
+        resolved = self.data_dir.expanduser().resolve()
+        if resolved != self.data_dir:
+            object.__setattr__(self, "data_dir", resolved)
+        return self
+
+    # Derived paths: one place, so nothing else joins folder names by hand.
+    @property
+    def input_dir(self) -> Path:
+        return self.data_dir / "videos_input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.data_dir / "videos_output"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.data_dir / "videos_temp"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "server_logs"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue_db"
+
+    @property
+    def tasks_file(self) -> Path:
+        return self.queue_dir / "tasks.json"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_video_size_gb * 1024 ** 3)
+
+    @property
+    def default_params(self) -> ProtectionParams:
+        return ProtectionParams(self.default_epsilon, self.default_video_strength,
+                                self.default_every_n_frames, self.default_audio_level)
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Each worker's share of the cores, so that N workers never oversubscribe the machine."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.max_concurrent_tasks)
+
+    def create_folders(self) -> None:
+        for name in DATA_FOLDERS:
+            (self.data_dir / name).mkdir(parents=True, exist_ok=True)
+
+    def as_server_config(self) -> dict:
+        """The seed's ``SERVER_CONFIG`` shape (kept for scripts that read it)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "max_concurrent_tasks": self.max_concurrent_tasks,
+            "max_video_size_gb": self.max_video_size_gb,
+            "supported_video_formats": list(self.supported_video_formats),
+            "processing": {
+                "default_epsilon": self.default_epsilon,
+                "default_video_strength": self.default_video_strength,
+                "default_every_n_frames": self.default_every_n_frames,
+                "default_audio_level": self.default_audio_level,
+                "video_crf": self.video_crf,
+                "video_preset": self.video_preset,
+                "audio_bitrate": self.audio_bitrate,
+            },
+            "paths": {name: str(self.data_dir / name) for name in DATA_FOLDERS},
+            "logging": {"level": self.log_level, "max_bytes": self.log_max_bytes,
+                        "backup_count": self.log_backup_count},
+        }

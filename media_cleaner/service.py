@@ -1,0 +1,72 @@
+"""The running service: data folders, the task store and the worker pool, started and stopped together.
+
+Start-up is where crashes are repaired: the store lock is taken (a second server on the same folder stops
+here), tasks a crash left in ``processing`` go back to pending (or fail after too many attempts), and
+whatever a crash left half-written is removed: ``videos_temp/``, unfinished uploads, stray outputs.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+
+from .config import Settings
+from .ffmpeg_bin import find_ffmpeg
+from .logs import setup_logging
+from .models import TaskStatus
+from .store import TaskStore
+from .workers import WorkerPool, output_name
+
+log = logging.getLogger("media_cleaner")
+
+# Uploads are stored as "<task id><ext>" and written as ".<task id>.part" until complete.
+STORED_UPLOAD = re.compile(r"^[0-9a-f]{32}\.[\w]+$")
+
+
+class MediaCleanerService:
+    def __init__(self, settings: Settings, *, pool_factory=WorkerPool):
+        self.settings = settings
+        self.store = TaskStore(settings.tasks_file, progress_interval_s=settings.progress_write_interval_s)
+        self.pool = pool_factory(settings, self.store)
+        self.ffmpeg = ""
+        self.started = False
+
+    def start(self) -> None:
+        if self.started:
+            return
+        settings = self.settings
+        settings.create_folders()
+        setup_logging(settings)
+        self.ffmpeg = find_ffmpeg(settings.ffmpeg)
+        self.store.open()
+        for task in self.store.recover(settings.max_attempts):
+            log.warning("task %s was interrupted; now %s (attempt %d)", task.task_id, task.status.value,
+                        task.attempts)
+        self._remove_leftovers()
+        self.pool.start()
+        self.started = True
+        log.info("Media Cleaner ready: data folder %s, ffmpeg %s", settings.data_dir, self.ffmpeg)
+
+    def stop(self) -> None:
+        if self.started:
+            self.pool.stop()
+            self.store.close()
+            self.started = False
+
+    def _remove_leftovers(self) -> None:
+        """Nothing is running yet, so anything in progress on disk is a crash's leftover."""
+        settings = self.settings
+        for entry in settings.temp_dir.iterdir():
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        known = self.store.ids()
+        for entry in settings.input_dir.iterdir():
+            unfinished = entry.name.startswith(".") and entry.name.endswith(".part")
+            # A stored upload whose task was never recorded (crash between saving and recording).
+            orphan = STORED_UPLOAD.match(entry.name) and entry.name.split(".")[0] not in known
+            if entry.is_file() and (unfinished or orphan):
+                log.info("removing leftover upload %s", entry.name)
+                entry.unlink(missing_ok=True)
+        for task in self.store.list(limit=10 ** 9)[0]:
+            # An output renamed into place just before a crash, for a task that will run again.
+            if task.status != TaskStatus.completed:
+                (settings.output_dir / output_name(task.task_id, task.original_filename)).unlink(missing_ok=True)

@@ -1,0 +1,193 @@
+"""The worker pool: N threads that take pending tasks in upload order (FIFO) and run the pipeline.
+
+Each worker gets ``cores // N`` threads for ffmpeg and torch, so N workers never oversubscribe the machine.
+A task's failure is recorded on the task and never kills its worker. Cancelling a running task kills its
+child processes at once (the pipeline's :class:`CancelToken`), and the partial output is removed. On
+shutdown running tasks go back to pending without counting an attempt.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import Settings
+from .models import TaskStatus, utc_now
+from .params import ProtectionParams
+from .pipeline import CancelToken, TaskCancelled, protect_video
+from .probe import MediaError
+from .protection import Protectors, build_protectors
+from .store import TaskNotFound, TaskStore
+
+log = logging.getLogger("media_cleaner.queue")
+
+ProtectorFactory = Callable[[ProtectionParams, int], Protectors]
+
+
+def output_name(task_id: str, original_filename: str) -> str:
+    """``{task_id}_{name}_protected.mp4`` with the user's name reduced to characters safe in any shell."""
+    stem = Path(original_filename).stem
+    stem = re.sub(r"[^\w.-]+", "_", stem, flags=re.UNICODE).strip("._")[:80] or "video"
+    return f"{task_id}_{stem}_protected.mp4"
+
+
+class _Running:
+    """What the pool knows about a task a worker is busy with."""
+
+    def __init__(self) -> None:
+        self.token = CancelToken()
+        self.shutdown = False   # cancelled because the server is stopping, not by the user
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, store: TaskStore,
+                 protector_factory: ProtectorFactory | None = None):
+        self.settings = settings
+        self.store = store
+        self.protector_factory = protector_factory or (
+            lambda params, threads: build_protectors(params, threads=threads))
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, _Running] = {}
+        self._running_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- control
+    @property
+    def size(self) -> int:
+        return self.settings.max_concurrent_tasks
+
+    def start(self) -> None:
+        for i in range(self.size):
+            thread = threading.Thread(target=self._work, name=f"worker-{i + 1}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker pool started: %d workers, %d threads each", self.size, self.settings.threads_per_worker)
+
+    def notify(self) -> None:
+        """A task was queued: wake one idle worker."""
+        with self._wake:
+            self._wake.notify()
+
+    def busy(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    def cancel(self, task_id: str) -> bool:
+        """Stop a running task now (its new status must already be persisted). False if not running."""
+        with self._running_lock:
+            running = self._running.get(task_id)
+        if running is None:
+            return False
+        running.token.cancel()
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work; running tasks are interrupted and go back to pending."""
+        self._stopping.set()
+        with self._running_lock:
+            for running in self._running.values():
+                running.shutdown = True
+                running.token.cancel()
+        with self._wake:
+            self._wake.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        log.info("worker pool stopped")
+
+    # ----------------------------------------------------------------- the work
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            task = self.store.claim_next()
+            if task is None:
+                with self._wake:
+                    self._wake.wait(timeout=1.0)   # also re-checks the store now and then
+                continue
+            running = _Running()
+            with self._running_lock:
+                self._running[task.task_id] = running
+            try:
+                self._run(task.task_id, running)
+            except Exception:   # never let one task kill the worker
+                log.exception("task %s: unexpected error in worker", task.task_id)
+            finally:
+                with self._running_lock:
+                    self._running.pop(task.task_id, None)
+
+    def _run(self, task_id: str, running: _Running) -> None:
+        task = self.store.get(task_id)
+        settings = self.settings
+        input_path = settings.data_dir / task.input_video
+        output_path = settings.output_dir / output_name(task_id, task.original_filename)
+        params = ProtectionParams(task.epsilon, task.video_strength, task.every_n_frames, task.audio_level)
+        started = time.monotonic()
+        log.info("task %s started by %s (attempt %d)", task_id, threading.current_thread().name, task.attempts)
+
+        def on_progress(fraction: float) -> None:
+            elapsed = time.monotonic() - started
+            eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+            self.store.update_progress(task_id, 100.0 * fraction * 0.99, eta)   # 100 only when stored
+
+        try:
+            if self._stopping.is_set() or self.store.get(task_id).status != TaskStatus.processing:
+                raise TaskCancelled()   # cancelled or shut down between claim and start
+            protectors = self.protector_factory(params, settings.threads_per_worker)
+            protect_video(input_path, output_path, params, protectors=protectors, progress=on_progress,
+                          cancel=running.token, temp_dir=settings.temp_dir / task_id,
+                          threads=settings.threads_per_worker, crf=settings.video_crf,
+                          preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
+                          ffmpeg=settings.ffmpeg)
+        except TaskCancelled:
+            self._after_interrupt(task_id, running, output_path)
+            return
+        except MediaError as exc:
+            self._fail(task_id, str(exc), output_path)
+            return
+        except FileNotFoundError as exc:
+            if not input_path.exists():
+                self._fail(task_id, "The uploaded file is no longer on the server; upload the video again.",
+                           output_path)
+                return
+            log.exception("task %s failed", task_id)
+            self._fail(task_id, f"Processing failed unexpectedly ({exc}).", output_path)
+            return
+        except Exception as exc:
+            log.exception("task %s failed", task_id)
+            self._fail(task_id, f"Processing failed unexpectedly ({type(exc).__name__}: {exc}). The server log "
+                                f"has the details under task id {task_id}.", output_path)
+            return
+        finally:
+            shutil.rmtree(settings.temp_dir / task_id, ignore_errors=True)
+
+        done = self.store.transition(
+            task_id, [TaskStatus.processing], status=TaskStatus.completed, progress=100.0, eta_s=None,
+            completed_at=utc_now(), output_video=str(output_path.relative_to(settings.data_dir)))
+        if done is None:   # cancelled in the instant between the last frame and here
+            output_path.unlink(missing_ok=True)
+        else:
+            log.info("task %s completed in %.1f s -> %s", task_id, time.monotonic() - started, output_path.name)
+
+    def _after_interrupt(self, task_id: str, running: _Running, output_path: Path) -> None:
+        output_path.unlink(missing_ok=True)
+        try:
+            task = self.store.get(task_id)
+        except TaskNotFound:
+            return
+        if running.shutdown or (self._stopping.is_set() and task.status == TaskStatus.processing):
+            # Not the task's fault: back to the queue, and this attempt does not count.
+            self.store.transition(task_id, [TaskStatus.processing], status=TaskStatus.pending, progress=0.0,
+                                  eta_s=None, started_at=None, attempts=max(0, task.attempts - 1))
+        else:
+            self.store.transition(task_id, [TaskStatus.processing], status=TaskStatus.cancelled,
+                                  completed_at=utc_now(), eta_s=None)
+            log.info("task %s stopped after cancel", task_id)
+
+    def _fail(self, task_id: str, message: str, output_path: Path) -> None:
+        output_path.unlink(missing_ok=True)
+        self.store.transition(task_id, [TaskStatus.processing], status=TaskStatus.failed, eta_s=None,
+                              completed_at=utc_now(), error_message=message)

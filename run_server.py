@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Start the Media Cleaner server: one uvicorn process with the worker pool inside it.
+
+    python run_server.py --workers 3 --port 8000 [--host 0.0.0.0] [--data-dir /srv/media-cleaner]
+
+One process on purpose: the JSON task store lives in this process, so several uvicorn processes would split
+it. Every flag can also be set with a MEDIA_CLEANER_* environment variable (see server_config.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from media_cleaner.api import create_app
+from media_cleaner.service import MediaCleanerService
+from media_cleaner.store import StoreError
+from server_config import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the Media Cleaner server.")
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, dest="max_concurrent_tasks",
+                        help="videos processed at once (worker threads, default 3)")
+    parser.add_argument("--data-dir", help="root of videos_input/, videos_output/, videos_temp/, "
+                                           "server_logs/, queue_db/ (default: current folder)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(**vars(args))
+    except ValidationError as exc:
+        parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+    service = MediaCleanerService(settings)
+    try:
+        service.start()
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+    print(f"Media Cleaner {settings.max_concurrent_tasks} workers, data in {settings.data_dir}\n"
+          f"  API:  {base}/upload  (curl -F file=@video.mp4 {base}/upload)\n"
+          f"  Docs: {base}/docs", flush=True)
+    try:
+        uvicorn.run(create_app(service=service), host=settings.host, port=settings.port, log_config=None,
+                    timeout_graceful_shutdown=10)
+    finally:
+        service.stop()   # also when uvicorn could not bind the port
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

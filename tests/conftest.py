@@ -1,0 +1,50 @@
+"""Shared fixtures: a running in-process service on a temporary data folder, and small test media."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from media_cleaner.api import create_app
+from media_cleaner.config import Settings
+from media_cleaner.service import MediaCleanerService
+from media_cleaner.workers import WorkerPool
+
+
+def make_service(data_dir: Path, protector_factory=None, **overrides) -> MediaCleanerService:
+    settings = Settings(data_dir=data_dir, **{"max_concurrent_tasks": 1, "progress_write_interval_s": 0.2,
+                                              "video_preset": "ultrafast", **overrides})
+    return MediaCleanerService(settings, pool_factory=lambda s, store: WorkerPool(s, store, protector_factory))
+
+
+@pytest.fixture
+def api_factory(tmp_path):
+    """Start the app (store + workers) on tmp_path; optional protector factory and setting overrides."""
+    clients = []
+
+    def start(protector_factory=None, **overrides) -> TestClient:
+        client = TestClient(create_app(service=make_service(tmp_path, protector_factory, **overrides)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(api_factory) -> TestClient:
+    return api_factory()
+
+
+def wait_for(client, task_id: str, statuses=("completed", "failed", "cancelled"), timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = client.get(f"/status/{task_id}").json()
+        if task["status"] in statuses:
+            return task
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} still {task['status']} after {timeout} s")
