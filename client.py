@@ -379,6 +379,12 @@ class _MultipartUpload:
 # ---------------------------------------------------------------------------------------------------
 # Client
 # ---------------------------------------------------------------------------------------------------
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _content_disposition_filename(value: Optional[str]) -> Optional[str]:
     """The filename of a ``Content-Disposition`` header (``filename*`` preferred), made path-safe."""
     if not value:
@@ -615,6 +621,7 @@ class MediaCleanerClient:
                 target = target / name
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; a download is an ordinary file
             cl = response.headers.get("Content-Length", "")
             total: Optional[int] = int(cl) if cl.isdigit() else None
             validator = response.headers.get("ETag") or response.headers.get("Last-Modified")

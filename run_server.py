@@ -13,8 +13,10 @@ import sys
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from media_cleaner.api import create_app
+from media_cleaner.ffmpeg_bin import FFmpegNotFound
 from media_cleaner.service import MediaCleanerService
 from media_cleaner.store import StoreError
 from server_config import load_settings
@@ -33,12 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(**vars(args))
     except ValidationError as exc:
-        parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        parser.error("invalid setting: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()))
+    except SettingsError as exc:   # e.g. a MEDIA_CLEANER_* list variable that is not JSON
+        parser.error(f"invalid setting in the environment: {exc}")
 
     service = MediaCleanerService(settings)
     try:
         service.start()
-    except StoreError as exc:
+    except (StoreError, FFmpegNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     base = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"

@@ -3,6 +3,9 @@
 Precedence (lowest first): the defaults in :class:`media_cleaner.config.Settings`, ``MEDIA_CLEANER_*``
 environment variables (e.g. ``MEDIA_CLEANER_MAX_CONCURRENT_TASKS=2``, ``MEDIA_CLEANER_DATA_DIR=/srv/mc``),
 then the flags of ``run_server.py``.
+
+``settings`` and ``SERVER_CONFIG`` are read from the environment on first use, so a bad variable is
+reported by whoever asks (run_server.py prints it as a one-line error) rather than at import.
 """
 from __future__ import annotations
 
@@ -14,5 +17,9 @@ def load_settings(**overrides) -> Settings:
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
-settings = load_settings()
-SERVER_CONFIG = settings.as_server_config()
+def __getattr__(name: str):
+    if name == "settings":
+        return load_settings()
+    if name == "SERVER_CONFIG":
+        return load_settings().as_server_config()
+    raise AttributeError(name)

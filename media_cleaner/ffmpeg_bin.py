@@ -95,7 +95,7 @@ def error_reason(stderr: str, max_lines: int = 3) -> str:
         if not raw.strip() or raw.startswith((" ", "\t")):
             continue  # indented lines are stream listings and metadata
         line = _CONTEXT_PREFIX.sub("", raw.strip())
-        if line and not _NOISE.match(line) and not _NOISE.match(raw.strip()):
+        if line and not _NOISE.match(raw.strip()) and not _NOISE.match(line):
             lines.append(line)
     errors = [line for line in lines if _ERROR_WORDS.search(line)]
     chosen = (errors or lines)[-max_lines:]
@@ -104,18 +104,18 @@ def error_reason(stderr: str, max_lines: int = 3) -> str:
     return hide_paths("; ".join(unique)) or "ffmpeg failed without an explanation"
 
 
-def run_ffmpeg(args: Sequence[str], *, registry: ProcessRegistry | None = None,
-               stdout: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess:
-    """Run a complete ffmpeg command line (``args[0]`` is the executable) and wait for it.
+def run_ffmpeg(args: Sequence[str], *, registry: ProcessRegistry | None = None) -> str:
+    """Run a complete ffmpeg command line (``args[0]`` is the executable), wait for it; its log.
 
     ``registry`` learns about the process while it runs (so a cancel can kill it). Raises
     :class:`FFmpegError` with :func:`error_reason` of the log when ffmpeg exits non-zero.
     """
-    process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE)
+    process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     if registry is not None:
         registry.register(process)
     try:
-        out, err = process.communicate()
+        _, err = process.communicate()
     finally:
         if process.poll() is None:
             process.kill()
@@ -125,4 +125,4 @@ def run_ffmpeg(args: Sequence[str], *, registry: ProcessRegistry | None = None,
     stderr = err.decode("utf-8", "replace")
     if process.returncode != 0:
         raise FFmpegError(error_reason(stderr), process.returncode)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, stderr)
+    return stderr

@@ -114,11 +114,13 @@ class _Progress:
 class _FFmpegProcess:
     """One ffmpeg child with pipes, registered for cancel, its log drained by a thread.
 
-    ``on_log_line`` may claim a log line (return True) instead of it being kept for error messages.
+    ``on_log_line`` may claim a log line (return True) instead of it being kept for error messages;
+    ``on_log_end`` is called when the log closes (the process ended).
     """
 
     def __init__(self, args: list[str], cancel: CancelToken, *, pipe_stdin: bool = False,
-                 pipe_stdout: bool = False, on_log_line: Callable[[str], bool] | None = None):
+                 pipe_stdout: bool = False, on_log_line: Callable[[str], bool] | None = None,
+                 on_log_end: Callable[[], None] | None = None):
         self.process = subprocess.Popen(
             args, stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE if pipe_stdout else subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -126,6 +128,7 @@ class _FFmpegProcess:
         cancel.register(self.process)
         self._log: deque[str] = deque(maxlen=200)
         self._on_log_line = on_log_line
+        self._on_log_end = on_log_end
         self._drain = threading.Thread(target=self._read_log, daemon=True)
         self._drain.start()
 
@@ -134,6 +137,8 @@ class _FFmpegProcess:
             line = raw.decode("utf-8", "replace").rstrip()
             if self._on_log_line is None or not self._on_log_line(line):
                 self._log.append(line)
+        if self._on_log_end is not None:
+            self._on_log_end()
 
     @property
     def stdin(self):
@@ -196,7 +201,8 @@ class ColourPlan:
 
 
 def plan_colours(info: MediaInfo) -> ColourPlan:
-    """Use the input's matrix when it is tagged, else what players assume: BT.709 for HD, BT.601 for SD."""
+    """Use the input's matrix when tagged, else what players assume: BT.709 when the shorter side is ≥ 720
+    (HD, portrait too), BT.601 below."""
     matrix = info.color_matrix
     if matrix == "bt709":
         return ColourPlan("bt709", "bt709", info.color_primaries or "bt709", info.color_trc or "bt709")
@@ -336,7 +342,7 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
                                            frame_count=info.frame_count))
     try:
         decoder = _FFmpegProcess(_decoder_command(info, settings, colours), cancel, pipe_stdout=True,
-                                 on_log_line=clock.feed)
+                                 on_log_line=clock.feed, on_log_end=clock.end)
         encoder = _FFmpegProcess(_encoder_command(info, settings, colours, target), cancel, pipe_stdin=True)
         index = 0
         while True:
@@ -375,12 +381,10 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
         if encoder.finish() != 0:
             cancel.raise_if_cancelled()
             raise MediaError(f"The protected video could not be encoded: {encoder.reason()}")
-        clock.end()
         if len(clock.pts) != index:
             raise MediaError(f"The video decoder reported {len(clock.pts)} timestamps for {index} frames.")
         return clock
     finally:
-        clock.end()
         for process in (decoder, encoder):
             if process is not None:
                 process.close()
@@ -390,7 +394,7 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
 def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, cancel: CancelToken,
                progress: Callable[[float], None], start: float, share: float, target: Path) -> None:
     """Decode the sound to float PCM → protect it chunk by chunk → encode AAC into ``target``."""
-    rate, channels = info.sample_rate, info.channels or 2
+    rate, channels = info.sample_rate or 48000, info.channels or 2  # when the listing did not say
     # Fill gaps and late starts with silence (or trim) so the PCM timeline starts where the video's does.
     align = (f"aresample=min_comp=0.001:min_hard_comp={AUDIO_SYNC_TOLERANCE_S}:first_pts=0")
     decode = settings.base() + [
