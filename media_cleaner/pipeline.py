@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 import av
+import ffmpeg
 import numpy as np
 
 from .ffmpeg_bin import FFmpegError, error_reason, find_ffmpeg, run_ffmpeg
@@ -201,8 +202,9 @@ class ColourPlan:
 
 
 def plan_colours(info: MediaInfo) -> ColourPlan:
-    """Use the input's matrix when tagged, else what players assume: BT.709 when the shorter side is ≥ 720
-    (HD, portrait too), BT.601 below."""
+    """Use the input's matrix when tagged. An untagged input is converted with what players assume
+    (BT.709 when the shorter side is ≥ 720, portrait too; BT.601 below) and stays untagged, so every player
+    shows the output exactly as it showed the input, whatever its own guess."""
     matrix = info.color_matrix
     if matrix == "bt709":
         return ColourPlan("bt709", "bt709", info.color_primaries or "bt709", info.color_trc or "bt709")
@@ -210,9 +212,8 @@ def plan_colours(info: MediaInfo) -> ColourPlan:
         return ColourPlan("bt601", matrix, info.color_primaries or matrix, info.color_trc or "smpte170m")
     if matrix in ("bt2020nc", "bt2020c"):
         return ColourPlan("bt2020", "bt2020nc", info.color_primaries or "bt2020", info.color_trc or "bt2020-10")
-    if min(info.width, info.height) >= 720:
-        return ColourPlan("bt709", "bt709", "bt709", "bt709")
-    return ColourPlan("bt601", "smpte170m", "smpte170m", "smpte170m")
+    return ColourPlan("bt709" if min(info.width, info.height) >= 720 else "bt601",
+                      "unknown", "unknown", "unknown")
 
 
 # --- frame timestamps from showinfo --------------------------------------------------------------------
@@ -289,8 +290,11 @@ class _Settings:
     preset: str
     audio_bitrate: str
 
-    def base(self) -> list[str]:
-        return [self.ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-filter_threads", str(self.threads)]
+    def command(self, output, loglevel: str) -> list[str]:
+        """The argv that runs ``output`` (an ffmpeg-python output node) with the options every run shares."""
+        # ffmpeg-python writes global options after the output file; ffmpeg takes them from anywhere.
+        return output.global_args("-hide_banner", "-nostdin", "-nostats", "-filter_threads", str(self.threads),
+                                  "-loglevel", loglevel).compile(cmd=self.ffmpeg)
 
 
 def _video_size(info: MediaInfo) -> tuple[int, int]:
@@ -305,11 +309,13 @@ def _decoder_command(info: MediaInfo, settings: _Settings, colours: ColourPlan) 
         filters.append("crop=trunc(iw/2)*2:trunc(ih/2)*2:0:0")
     filters += ["showinfo=checksum=0",
                 f"scale=w={width}:h={height}:in_color_matrix={colours.scale_matrix}", "format=rgb24"]
-    # ffmpeg turns the frames upright itself (autorotate), before these filters.
-    return settings.base() + [
-        "-loglevel", "info", "-threads", str(settings.threads), "-i", info.path,
-        "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", ",".join(filters), "-fps_mode", "passthrough",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"]
+    # ffmpeg turns the frames upright itself (autorotate), before these filters. The chain stays one -vf
+    # string: showinfo must sit at this place in it, and _FrameClock parses its log ("info" level).
+    source = ffmpeg.input(info.path, threads=settings.threads)
+    frames = source["V:0"].output(  # "V": the first real video stream, not cover art
+        "pipe:", vf=",".join(filters), fps_mode="passthrough", format="rawvideo", pix_fmt="rgb24",
+        an=None, sn=None, dn=None)  # None: a flag without a value
+    return settings.command(frames, loglevel="info")
 
 
 def _encoder_command(info: MediaInfo, settings: _Settings, colours: ColourPlan, target: Path) -> list[str]:
@@ -323,11 +329,28 @@ def _encoder_command(info: MediaInfo, settings: _Settings, colours: ColourPlan, 
     if sample_aspect != 1:
         filters.append(f"setsar={sample_aspect.numerator}/{sample_aspect.denominator}")
     rate = info.frame_rate
-    return settings.base() + [
-        "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-        "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:",
-        "-vf", ",".join(filters), "-c:v", "libx264", "-crf", str(settings.crf), "-preset", settings.preset,
-        "-threads", str(settings.threads), "-map_metadata", "-1", "-f", "mp4", "-y", str(target)]
+    frames = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}",
+                          framerate=f"{rate.numerator}/{rate.denominator}")
+    # vcodec/acodec are ffmpeg's own aliases of -c:v/-c:a; audio_bitrate is written as -b:a.
+    encoded = frames.output(str(target), vf=",".join(filters), vcodec="libx264", crf=settings.crf,
+                            preset=settings.preset, threads=settings.threads, map_metadata=-1, format="mp4")
+    return settings.command(encoded.overwrite_output(), loglevel="error")
+
+
+def _audio_decoder_command(info: MediaInfo, settings: _Settings, rate: int, channels: int) -> list[str]:
+    # Fill gaps and late starts with silence (or trim) so the PCM timeline starts where the video's does.
+    align = f"aresample=min_comp=0.001:min_hard_comp={AUDIO_SYNC_TOLERANCE_S}:first_pts=0"
+    source = ffmpeg.input(info.path, threads=settings.threads)
+    pcm = source["a:0"].output("pipe:", af=align, format="f32le", acodec="pcm_f32le", ar=rate, ac=channels,
+                               vn=None, sn=None, dn=None)
+    return settings.command(pcm, loglevel="error")
+
+
+def _audio_encoder_command(settings: _Settings, rate: int, channels: int, target: Path) -> list[str]:
+    pcm = ffmpeg.input("pipe:", format="f32le", ar=rate, ac=channels)
+    encoded = pcm.output(str(target), acodec="aac", audio_bitrate=settings.audio_bitrate,
+                         threads=settings.threads, map_metadata=-1, format="mp4")
+    return settings.command(encoded.overwrite_output(), loglevel="error")
 
 
 def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, cancel: CancelToken,
@@ -395,16 +418,8 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
                progress: Callable[[float], None], start: float, share: float, target: Path) -> None:
     """Decode the sound to float PCM → protect it chunk by chunk → encode AAC into ``target``."""
     rate, channels = info.sample_rate or 48000, info.channels or 2  # when the listing did not say
-    # Fill gaps and late starts with silence (or trim) so the PCM timeline starts where the video's does.
-    align = (f"aresample=min_comp=0.001:min_hard_comp={AUDIO_SYNC_TOLERANCE_S}:first_pts=0")
-    decode = settings.base() + [
-        "-loglevel", "error", "-threads", str(settings.threads), "-i", info.path, "-map", "0:a:0",
-        "-vn", "-sn", "-dn", "-af", align, "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(rate),
-        "-ac", str(channels), "pipe:"]
-    encode = settings.base() + [
-        "-loglevel", "error", "-f", "f32le", "-ar", str(rate), "-ac", str(channels), "-i", "pipe:",
-        "-c:a", "aac", "-b:a", settings.audio_bitrate, "-threads", str(settings.threads),
-        "-map_metadata", "-1", "-f", "mp4", "-y", str(target)]
+    decode = _audio_decoder_command(info, settings, rate, channels)
+    encode = _audio_encoder_command(settings, rate, channels, target)
     expected_samples = max(1, int(info.duration_s * rate))
     chunk_samples = AUDIO_CHUNK_SECONDS * rate
     decoder = encoder = None
@@ -493,24 +508,23 @@ def _retime(encoded: Path, target: Path, clock: _FrameClock, frame_rate: Fractio
 def _mux_command(settings: _Settings, info: MediaInfo, video: Path, video_start_s: float,
                  audio: Path | None, target: Path) -> list[str]:
     # The video input starts at its first frame's time so it keeps its offset to the sound.
-    command = settings.base() + ["-loglevel", "error", "-itsoffset", f"{video_start_s:.6f}", "-i", str(video)]
-    maps = ["-map", "0:v:0"]
-    codecs = ["-c:v", "copy"]
+    streams = [ffmpeg.input(str(video), itsoffset=f"{video_start_s:.6f}")["v:0"]]
+    codecs = {"vcodec": "copy"}
     if audio is not None:  # the protected sound, already aligned to the timeline's start
-        command += ["-i", str(audio)]
-        maps += ["-map", "1:a:0"]
-        codecs += ["-c:a", "copy"]
+        streams.append(ffmpeg.input(str(audio))["a:0"])
+        codecs["acodec"] = "copy"
     elif info.has_audio:  # the original sound, with the original file's timeline
-        command += ["-i", info.path]
-        maps += ["-map", "1:a:0"]
+        streams.append(ffmpeg.input(info.path)["a:0"])
         if info.audio_codec in MP4_AUDIO_CODECS:
-            codecs += ["-c:a", "copy"]
+            codecs["acodec"] = "copy"
         else:
-            codecs += ["-c:a", "aac", "-b:a", settings.audio_bitrate, "-threads", str(settings.threads)]
+            codecs.update(acodec="aac", audio_bitrate=settings.audio_bitrate, threads=settings.threads)
     # Nothing of the source's metadata (dates, GPS location, device, encoder names, chapters) survives.
-    scrub = ["-map_metadata", "-1", "-map_metadata:s:v", "-1", "-map_metadata:s:a", "-1", "-map_chapters", "-1",
-             "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
-    return command + maps + codecs + scrub + ["-movflags", "+faststart", "-f", "mp4", "-y", str(target)]
+    # Options with a stream specifier (":s:v", ":a") are not Python identifiers: given by their literal names.
+    scrub = {"map_metadata": -1, "map_metadata:s:v": -1, "map_metadata:s:a": -1, "map_chapters": -1,
+             "fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact"}
+    muxed = ffmpeg.output(*streams, str(target), **codecs, **scrub, movflags="+faststart", format="mp4")
+    return settings.command(muxed.overwrite_output(), loglevel="error")
 
 
 def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike, params: ProtectionParams, *,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import ffmpeg
+
 from .ffmpeg_bin import error_reason, find_ffmpeg
 
 # A frame duration further than this from the typical one makes the stream variable-rate
@@ -249,6 +251,13 @@ def _open_error(stderr: str) -> MediaError:
     return MediaError(f"The file could not be read as a video: {error_reason(stderr)}")
 
 
+def _probe_command(path: Path, executable: str) -> list[str]:
+    """ffmpeg's listing of ``path`` on stderr, and a framecrc dump of its video packets on stdout."""
+    # "V:0?": the first real video stream (not cover art), and no error when there is none (the listing says).
+    packets = ffmpeg.input(str(path))["V:0?"].output("-", c="copy", format="framecrc")
+    return packets.global_args("-hide_banner", "-nostdin").compile(cmd=executable)
+
+
 def probe_media(path: str | os.PathLike, ffmpeg: str | None = None) -> MediaInfo:
     """Describe the media file at ``path``; raise :class:`MediaError` when it is not a usable video."""
     path = Path(path)
@@ -259,9 +268,8 @@ def probe_media(path: str | os.PathLike, ffmpeg: str | None = None) -> MediaInfo
     if size == 0:
         raise MediaError("The file is empty (0 bytes). Please upload the video again.")
 
-    command = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-i", str(path),
-               "-map", "0:V:0?", "-c", "copy", "-f", "framecrc", "-"]
-    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
+    result = subprocess.run(_probe_command(path, find_ffmpeg(ffmpeg)), stdin=subprocess.DEVNULL,
+                            capture_output=True)
     stderr = result.stderr.decode("utf-8", "replace")
     listing = _parse_listing(stderr)
     if listing["container"] is None:

@@ -231,3 +231,24 @@ def test_memory_stays_bounded(tmp_path):
     run(source, tmp_path, threads=2, preset="ultrafast")
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 100  # 50 frames of 2.7 MB would be 135 MB
+
+
+def _yuv_frame(path, index):
+    """Frame ``index`` as raw YUV bytes, with no colour conversion at all."""
+    out = mf._ffmpeg("-i", str(path), "-vf", f"select=eq(n\\,{index})", "-frames:v", "1", "-f", "rawvideo",
+                     "-pix_fmt", "yuv420p", "-", capture=True).stdout
+    return np.frombuffer(out, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("tags,expected", [([], "yuv420p(progressive"),
+                                           (["-colorspace", "bt709", "-color_primaries", "bt709",
+                                             "-color_trc", "bt709"], "yuv420p(tv, bt709")])
+def test_colours_are_kept_tagged_or_not(tmp_path, tags, expected):
+    # 1280x720: an untagged HD input is the case where players and ffmpeg guess differently.
+    source = tmp_path / "hd.mp4"
+    mf._ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=10:duration=0.3", "-c:v", "libx264",
+               "-pix_fmt", "yuv420p", *tags, str(source))
+    output = run(source, tmp_path)
+    assert expected in mf.listing(output)
+    # The same YUV values, so every player, whatever it assumes for untagged video, shows the same colours.
+    assert mf.psnr(_yuv_frame(source, 1), _yuv_frame(output, 1)) > 35

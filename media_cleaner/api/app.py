@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from .. import __version__
 from ..config import Settings
@@ -13,9 +14,11 @@ from ..service import MediaCleanerService
 from . import downloads, system, tasks, uploads
 from .errors import install_error_handlers
 
-DESCRIPTION = """Media Cleaner returns a **protected** copy of a video: its frames carry a small adversarial
-perturbation that makes face detectors miss the faces, and its soundtrack an adversarial mask that moves
-speaker-recognition embeddings off the speaker's voice.
+DESCRIPTION = """Media Cleaner returns a **protected** copy of a video. The protection engines plug into the
+pipeline's two seams: a frame perturbation against face detectors and an audio mask against speaker
+encoders. **In this release the seams pass frames and sound through unchanged**: the output is a clean
+H.264/AAC re-encode with identifying metadata (GPS, device make and model, dates) removed, and the same
+frame count, timestamps, orientation and sound as the input.
 
 **How to use it:** `POST /upload` a video → poll `GET /status/{task_id}` until `status` is `completed`
 → `GET /download/{task_id}`. Errors are JSON `{"detail": "…"}` that say what to fix.
@@ -34,7 +37,8 @@ def create_app(settings: Settings | None = None, service: MediaCleanerService | 
         finally:
             await anyio.to_thread.run_sync(service.stop)
 
-    app = FastAPI(title="Media Cleaner", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+    # Swagger UI from the installed package, not a CDN: a self-hosted server may have no internet.
+    app = FastAPIOffline(title="Media Cleaner", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   openapi_tags=[{"name": "upload", "description": "Send a video to protect"},
                                 {"name": "tasks", "description": "Follow, list and cancel tasks"},
                                 {"name": "download", "description": "Fetch the protected video"},

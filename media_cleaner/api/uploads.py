@@ -41,7 +41,8 @@ UPLOAD_FORM_SCHEMA = {
         "user_id": {"type": "string", "maxLength": 200, "description": "Owner tag, used to filter GET /tasks"},
         "notes": {"type": "string", "maxLength": 5000, "description": "Free text kept with the task"},
         "webhook_url": {"type": "string", "maxLength": 2048, "format": "uri",
-                        "description": "Called with the task as JSON when it completes, fails or is cancelled"},
+                        "description": "Stored with the task; delivery of completion callbacks comes with the "
+                                       "hardening release"},
     },
 }
 
