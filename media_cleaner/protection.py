@@ -90,10 +90,24 @@ class Protectors:
     audio: AudioProtector | None   # None: keep the original sound (audio_level "none")
 
 
-def build_protectors(params: ProtectionParams, *, device: str = "cpu", threads: int = 1) -> Protectors:
+def torch_device() -> str:
+    """Where the engines run: "cuda" when a GPU is usable, else "cpu"."""
+    import torch   # imported here: the service starts (and the pass-through runs) without loading torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_protectors(params: ProtectionParams, *, device: str | None = None, threads: int = 1) -> Protectors:
     """The engines for one task, configured from its parameters.
 
-    ``device`` is where torch work runs ("cuda" when present), ``threads`` the worker's share of the cores.
+    ``device`` is where torch work runs (None: :func:`torch_device`), ``threads`` the worker's share of
+    the cores.
     """
     audio = None if params.audio_level == "none" else PassThroughAudio()
     return Protectors(video=PassThroughVideo(), audio=audio)
+
+
+def warm_up_engines() -> None:
+    """Load models and compile what is slow to start, so the first task does not pay for it.
+
+    The service calls this once at start-up, in a background thread.
+    """

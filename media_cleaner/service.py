@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import threading
+import time
 
 from .config import Settings
 from .ffmpeg_bin import find_ffmpeg
 from .logs import setup_logging
 from .models import TaskStatus
+from .protection import warm_up_engines
 from .store import TaskStore
 from .workers import WorkerPool, output_name
 
@@ -44,8 +47,18 @@ class MediaCleanerService:
                         task.attempts)
         self._remove_leftovers()
         self.pool.start()
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self.started = True
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s", settings.data_dir, self.ffmpeg)
+
+    def _warm_up(self) -> None:
+        started = time.monotonic()
+        try:
+            warm_up_engines()
+        except Exception:   # a task will report the same problem with its own words
+            log.exception("warming up the protection engines failed")
+        else:
+            log.info("protection engines ready (%.1f s)", time.monotonic() - started)
 
     def stop(self) -> None:
         if self.started:
