@@ -45,8 +45,13 @@ def clean_filename(raw: str) -> str:
     return name or "video"
 
 
-async def receive_multipart(request: Request, part_path: Path, max_file_bytes: int) -> ReceivedUpload:
-    """Parse the request body; the ``file`` part is written to ``part_path``. Raises HTTPException."""
+async def receive_multipart(request: Request, part_path: Path, max_file_bytes: int,
+                            allowed_extensions: list[str]) -> ReceivedUpload:
+    """Parse the request body; the ``file`` part is written to ``part_path``. Raises HTTPException.
+
+    A file whose name has none of ``allowed_extensions`` is refused (415) as soon as its part header
+    arrives, before its bytes are streamed.
+    """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -87,6 +92,9 @@ async def receive_multipart(request: Request, part_path: Path, max_file_bytes: i
             raise _Refuse(HTTPException(422, "Send exactly one file per upload."))
         state["is_file"] = True
         result.filename = clean_filename(disposition[b"filename"].decode("utf-8", "replace"))
+        if Path(result.filename).suffix.lower() not in allowed_extensions:
+            raise _Refuse(HTTPException(415, f"{result.filename!r} is not a supported video type; send one of "
+                                             f"{', '.join(allowed_extensions)}."))
         result.path = part_path
         state["file"] = open(part_path, "wb")
 

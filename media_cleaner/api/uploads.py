@@ -72,15 +72,13 @@ async def _upload(request: Request, service: ServiceDep) -> JSONResponse:
     settings = service.settings
     task_id = uuid.uuid4().hex
     part_path = settings.input_dir / f".{task_id}.part"
-    received = await receive_multipart(request, part_path, settings.max_upload_bytes)
+    received = await receive_multipart(request, part_path, settings.max_upload_bytes,
+                                       settings.supported_video_formats)
     try:
         if received.path is None:
             raise HTTPException(422, "No file in the upload: send the video in the multipart field 'file' "
                                      "(curl -F file=@video.mp4 …).")
-        extension = Path(received.filename).suffix.lower()
-        if extension not in settings.supported_video_formats:
-            raise HTTPException(415, f"{received.filename!r} is not a supported video type; send one of "
-                                     f"{', '.join(settings.supported_video_formats)}.")
+        extension = Path(received.filename).suffix.lower()   # checked by receive_multipart
         if received.size == 0:
             raise HTTPException(400, "The uploaded file is empty (0 bytes).")
         unknown = sorted(set(received.fields) - KNOWN_FIELDS)
