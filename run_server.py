@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from media_cleaner.api import create_app
+from media_cleaner.auth import KeyConfigError
 from media_cleaner.ffmpeg_bin import FFmpegNotFound
 from media_cleaner.service import MediaCleanerService
 from media_cleaner.store import StoreError
@@ -43,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     service = MediaCleanerService(settings)
     try:
         service.start()
-    except (StoreError, FFmpegNotFound) as exc:
+    except (StoreError, FFmpegNotFound, KeyConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if service.keys.configured:
+        print(f"API keys: {len(service.keys.principals())} configured; every endpoint but /health needs one.")
+    elif settings.host in ("127.0.0.1", "localhost", "::1"):
+        print("No API keys configured: the API is open, so it only listens on this machine (localhost).")
+    else:
+        print(f"WARNING: no API keys configured and listening on {settings.host}: anyone who can reach this "
+              f"port can upload, list and download videos. Configure keys (SERVER_DEPLOYMENT.md).",
+              file=sys.stderr)
     base = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
     print(f"Media Cleaner {settings.max_concurrent_tasks} workers, data in {settings.data_dir}\n"
           f"  API:  {base}/upload  (curl -F file=@video.mp4 {base}/upload)\n"

@@ -11,11 +11,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from .auth import ROLES, KeyConfigError, KeyRing, add_key, revoke_user
 from .config import Settings
 from .params import AUDIO_LEVELS, ParameterError, ProtectionParams
 from .pipeline import protect_video
 from .probe import MediaError
 from .protection import build_protectors
+
+
+class UsageError(Exception):
+    """A command used the wrong way; the message says how to use it."""
 
 
 def add_param_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +83,24 @@ def cmd_protect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    path = Path(args.file) if args.file else Settings().api_keys_file
+    if path is None:
+        raise UsageError("Name the keys file with --file (or set MEDIA_CLEANER_API_KEYS_FILE).")
+    if args.action in ("add", "revoke") and not args.user:
+        raise UsageError(f"keys {args.action} needs --user NAME.")
+    if args.action == "add":
+        key = add_key(path, args.user, args.role)
+        print(f"API key for {args.user} ({args.role}), shown once — store it now:\n{key}")
+        print(f"Its hash is in {path}; start the server with MEDIA_CLEANER_API_KEYS_FILE={path}", file=sys.stderr)
+    elif args.action == "revoke":
+        print(f"{revoke_user(path, args.user)} key(s) of {args.user} removed from {path}; restart the server.")
+    else:
+        for principal in KeyRing.load(path, None).principals():
+            print(f"{principal.user_id}\t{principal.role}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m media_cleaner", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--threads", type=int, help="CPU threads to use (default: all cores)")
     add_param_arguments(protect)
     protect.set_defaults(run=cmd_protect)
+
+    keys = commands.add_parser("keys", help="create, list or revoke API keys (only hashes are stored)")
+    keys.add_argument("action", choices=["add", "list", "revoke"])
+    keys.add_argument("--user", help="user id the key belongs to (add, revoke)")
+    keys.add_argument("--role", choices=ROLES, default="user", help="user (own tasks) or admin (all tasks)")
+    keys.add_argument("--file", help="keys file (default: MEDIA_CLEANER_API_KEYS_FILE)")
+    keys.set_defaults(run=cmd_keys)
     return parser
 
 
@@ -94,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ParameterError, MediaError) as exc:
+    except (ParameterError, MediaError, KeyConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

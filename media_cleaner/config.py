@@ -40,6 +40,32 @@ class Settings(BaseSettings):
     progress_write_interval_s: float = Field(1.0, ge=0.0, le=60.0,
                                              description="At most one store write per task per interval for progress")
 
+    # Input limits, checked on the probe before a task exists (DESIGN §4: refused up front, not mid-work)
+    max_duration_s: float = Field(3 * 3600, gt=0, description="Longest video accepted, in seconds")
+    max_width: int = Field(7680, ge=16, description="Largest display width accepted (8K)")
+    max_height: int = Field(7680, ge=16, description="Largest display height accepted")
+    min_side: int = Field(16, ge=2, description="Smallest width/height accepted (a 1×1 video has no face)")
+    max_fps: float = Field(240.0, gt=0, description="Highest average frame rate accepted")
+    max_pending_tasks: int = Field(100, ge=1, description="Queue size; beyond it uploads get 429")
+    max_pending_per_user: int | None = Field(None, ge=1, description="Per-user queue share (None: no limit)")
+    min_free_disk_gb: float = Field(1.0, ge=0, description="Uploads are refused (507) below this free space")
+
+    # Access (API keys: see SERVER_DEPLOYMENT.md; without keys the server should stay on localhost)
+    api_keys_file: Path | None = Field(None, description="File of hashed API keys (python -m media_cleaner keys)")
+    api_keys: str | None = Field(None, description="Hashed keys inline, 'sha256hex:user:role' separated by commas")
+
+    # Retention
+    keep_inputs: bool = Field(False, description="Keep the uploaded original after its task finishes")
+    output_retention_hours: float = Field(7 * 24, gt=0, description="Protected files are deleted after this")
+    task_retention_days: float = Field(30, gt=0, description="Finished tasks leave tasks.json after this")
+    cleanup_interval_s: float = Field(600, gt=0, description="How often expired files and tasks are removed")
+
+    # Webhooks
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies")
+    webhook_allow_private: bool = Field(False, description="Allow webhooks to loopback/private/link-local hosts")
+    webhook_max_attempts: int = Field(6, ge=1, le=20)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
     # Processing defaults (a request may override them within their ranges)
     default_epsilon: float = Field(DEFAULT_EPSILON, ge=EPSILON_RANGE[0], le=EPSILON_RANGE[1])
     default_video_strength: float = Field(DEFAULT_VIDEO_STRENGTH, ge=VIDEO_STRENGTH_RANGE[0], le=VIDEO_STRENGTH_RANGE[1])

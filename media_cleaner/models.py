@@ -51,6 +51,9 @@ class Task(BaseModel):
     media: dict[str, Any] | None = Field(None, description="Probe of the input: duration, size, fps, frames, audio")
     report: dict[str, Any] | None = Field(None, description="Protection figures, once measured")
     size_bytes: int | None = Field(None, description="Size of the uploaded file")
+    expired_at: str | None = Field(None, description="When the protected file was deleted by retention")
+    webhook_status: str | None = Field(None, description="pending, delivered or failed")
+    webhook_attempts: int = 0
 
     def public(self) -> dict[str, Any]:
         """The JSON a client sees, with a download link once the file is ready."""

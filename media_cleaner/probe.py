@@ -275,6 +275,9 @@ def probe_media(path: str | os.PathLike, ffmpeg: str | None = None) -> MediaInfo
     if listing["container"] is None:
         raise _open_error(stderr)
     video, audio = listing["video"], listing["audio"]
+    # ffmpeg reads a lone picture (png_pipe, jpeg_pipe, …, image2) as a one-frame video.
+    if listing["container"].endswith("_pipe") or listing["container"] == "image2":
+        raise MediaError("The file is a still picture, not a video. Please upload a video.")
     if video is None:
         if audio is not None:
             raise MediaError("The file contains only sound and no picture. Please upload a video.")

@@ -15,9 +15,12 @@ import time
 from .config import Settings
 from .ffmpeg_bin import find_ffmpeg
 from .logs import setup_logging
-from .models import TaskStatus
+from .auth import KeyRing
+from .models import Task, TaskStatus
 from .protection import warm_up_engines
+from .retention import Janitor, drop_input
 from .store import TaskStore
+from .webhooks import WebhookSender
 from .workers import WorkerPool, output_name
 
 log = logging.getLogger("media_cleaner")
@@ -31,6 +34,11 @@ class MediaCleanerService:
         self.settings = settings
         self.store = TaskStore(settings.tasks_file, progress_interval_s=settings.progress_write_interval_s)
         self.pool = pool_factory(settings, self.store)
+        self.keys = KeyRing()
+        self.webhooks = WebhookSender(secret=settings.webhook_secret, allow_private=settings.webhook_allow_private,
+                                      max_attempts=settings.webhook_max_attempts,
+                                      timeout_s=settings.webhook_timeout_s, record=self._record_webhook)
+        self.janitor = Janitor(settings, self.store)
         self.ffmpeg = ""
         self.started = False
 
@@ -41,11 +49,18 @@ class MediaCleanerService:
         settings.create_folders()
         setup_logging(settings)
         self.ffmpeg = find_ffmpeg(settings.ffmpeg)
+        self.keys = KeyRing.load(settings.api_keys_file, settings.api_keys)
         self.store.open()
         for task in self.store.recover(settings.max_attempts):
             log.warning("task %s was interrupted; now %s (attempt %d)", task.task_id, task.status.value,
                         task.attempts)
         self._remove_leftovers()
+        self.webhooks.start()
+        for task in self.store.list(limit=10 ** 9)[0]:
+            if task.status.finished:   # what the last run (or the recovery above) left to do
+                self._task_finished(task, resend=task.webhook_status in (None, "pending"))
+        self.store.on_finished(self._task_finished)
+        self.janitor.start()
         self.pool.start()
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self.started = True
@@ -63,8 +78,19 @@ class MediaCleanerService:
     def stop(self) -> None:
         if self.started:
             self.pool.stop()
+            self.janitor.stop()
+            self.webhooks.stop()
             self.store.close()
             self.started = False
+
+    def _task_finished(self, task: Task, resend: bool = True) -> None:
+        """Runs under the store's lock when a task completes, fails or is cancelled: quick work only."""
+        drop_input(self.settings, task)
+        if resend:
+            self.webhooks.notify(task)
+
+    def _record_webhook(self, task_id: str, status: str, attempts: int) -> None:
+        self.store.update(task_id, webhook_status=status, webhook_attempts=attempts)
 
     def _remove_leftovers(self) -> None:
         """Nothing is running yet, so anything in progress on disk is a crash's leftover."""

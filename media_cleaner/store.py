@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .models import Task, TaskStatus, utc_now
 
@@ -42,6 +42,7 @@ class TaskStore:
         self._tasks: dict[str, Task] = {}
         self._last_progress_write: dict[str, float] = {}
         self._lock_file = None
+        self._finished_listeners: list[Callable[[Task], None]] = []
 
     # ----------------------------------------------------------------- opening and closing
     def open(self) -> None:
@@ -165,6 +166,11 @@ class TaskStore:
         counts["total"] = sum(counts.values())
         return counts
 
+    def count_pending(self, user_id: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for t in self._tasks.values()
+                       if t.status == TaskStatus.pending and (user_id is None or t.user_id == user_id))
+
     def ids(self) -> set[str]:
         with self._lock:
             return set(self._tasks)
@@ -186,7 +192,15 @@ class TaskStore:
             if task.status != old_status:
                 log.info("task %s %s -> %s%s", task_id, old_status.value, task.status.value,
                          f": {task.error_message}" if task.error_message and task.status == TaskStatus.failed else "")
+                if task.status.finished:
+                    for listener in self._finished_listeners:
+                        listener(task.model_copy(deep=True))
             return task.model_copy(deep=True)
+
+    def on_finished(self, listener: Callable[[Task], None]) -> None:
+        """Call ``listener(task)`` whenever a task reaches completed, failed or cancelled (after it is
+        persisted, with the store's lock held: the listener must be quick and must not block)."""
+        self._finished_listeners.append(listener)
 
     def transition(self, task_id: str, expected: Iterable[TaskStatus], **fields: Any) -> Task | None:
         """Apply ``fields`` only if the task is still in one of ``expected`` states (compare-and-set).

@@ -1,13 +1,23 @@
-"""Shared request dependencies, as ``Annotated`` aliases the routers declare."""
+"""Shared request dependencies, as ``Annotated`` aliases the routers declare.
+
+``CurrentUser`` is the caller behind the ``X-API-Key`` header (None when the server has no keys configured:
+open mode). ``TaskDep`` is a task the caller may see: another user's task answers 404, exactly like a task
+that does not exist, so ids cannot be probed.
+"""
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path, Request, Security
+from fastapi.security import APIKeyHeader
 
+from ..auth import Principal
 from ..models import Task
 from ..service import MediaCleanerService
 from ..store import TaskNotFound
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="Your API key (only when the server has keys configured)")
 
 
 def get_service(request: Request) -> MediaCleanerService:
@@ -16,15 +26,38 @@ def get_service(request: Request) -> MediaCleanerService:
 
 ServiceDep = Annotated[MediaCleanerService, Depends(get_service)]
 
+
+def get_current_user(service: ServiceDep, key: Annotated[str | None, Security(api_key_header)]) -> Principal | None:
+    if not service.keys.configured:
+        return None
+    if not key:
+        raise HTTPException(401, "This server needs an API key: send it in the X-API-Key header.",
+                            headers={"WWW-Authenticate": "X-API-Key"})
+    principal = service.keys.authenticate(key)
+    if principal is None:
+        raise HTTPException(401, "The API key is not valid (revoked or mistyped).",
+                            headers={"WWW-Authenticate": "X-API-Key"})
+    return principal
+
+
+CurrentUser = Annotated[Principal | None, Depends(get_current_user)]
+
 TaskIdPath = Annotated[str, Path(description="The id returned by POST /upload",
                                  examples=["3f2b9c1e8a7d4f60b1c2d3e4f5a6b7c8"], max_length=64)]
 
 
-def get_task(task_id: TaskIdPath, service: ServiceDep) -> Task:
+def may_see(user: Principal | None, task: Task) -> bool:
+    return user is None or user.is_admin or task.user_id == user.user_id
+
+
+def get_task(task_id: TaskIdPath, service: ServiceDep, user: CurrentUser) -> Task:
     try:
-        return service.store.get(task_id)
+        task = service.store.get(task_id)
     except TaskNotFound:
+        task = None
+    if task is None or not may_see(user, task):
         raise HTTPException(404, f"No task with id {task_id!r}. Check the id returned by POST /upload.")
+    return task
 
 
 TaskDep = Annotated[Task, Depends(get_task)]

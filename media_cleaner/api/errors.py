@@ -17,6 +17,10 @@ ERROR_RESPONSES = {
     413: {"description": "Upload larger than the size limit"},
     415: {"description": "Not a video this server can read"},
     422: {"description": "A parameter is out of range or malformed; detail names it"},
+    401: {"description": "An API key is needed (X-API-Key) or the one sent is not valid"},
+    403: {"description": "Not allowed for this API key"},
+    429: {"description": "The queue is full; retry after Retry-After seconds"},
+    507: {"description": "The server is low on disk space"},
 }
 
 

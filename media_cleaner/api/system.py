@@ -6,13 +6,13 @@ from fastapi.responses import RedirectResponse
 
 from .. import __version__
 from ..params import EPSILON_RANGE, EVERY_N_FRAMES_RANGE, VIDEO_STRENGTH_RANGE, AUDIO_LEVELS
-from .deps import ServiceDep
+from .deps import CurrentUser, ServiceDep
 
 router = APIRouter(tags=["service"])
 
 
 @router.get("/stats", operation_id="get_stats", summary="Queue counts and the limits in force")
-def stats(service: ServiceDep) -> dict:
+def stats(service: ServiceDep, user: CurrentUser) -> dict:
     settings = service.settings
     return {
         "queue": service.store.counts(),
@@ -22,7 +22,16 @@ def stats(service: ServiceDep) -> dict:
                    "max_video_size_gb": settings.max_video_size_gb,
                    "max_upload_bytes": settings.max_upload_bytes,
                    "supported_video_formats": settings.supported_video_formats,
-                   "max_attempts": settings.max_attempts},
+                   "max_attempts": settings.max_attempts,
+                   "max_duration_s": settings.max_duration_s,
+                   "max_resolution": [settings.max_width, settings.max_height],
+                   "max_fps": settings.max_fps,
+                   "max_pending_tasks": settings.max_pending_tasks,
+                   "max_pending_per_user": settings.max_pending_per_user},
+        "retention": {"keep_inputs": settings.keep_inputs,
+                      "output_retention_hours": settings.output_retention_hours,
+                      "task_retention_days": settings.task_retention_days},
+        "auth": "api-key" if service.keys.configured else "open",
         "defaults": settings.default_params.as_dict(),
         "ranges": {"epsilon": EPSILON_RANGE, "video_strength": VIDEO_STRENGTH_RANGE,
                    "every_n_frames": EVERY_N_FRAMES_RANGE, "audio_level": AUDIO_LEVELS},

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 
 from ..models import TaskList, TaskStatus, TaskView, utc_now
 from ..store import TaskNotFound
-from .deps import ServiceDep, TaskDep
+from .deps import CurrentUser, ServiceDep, TaskDep
 from .errors import error_responses
 
 router = APIRouter(tags=["tasks"])
@@ -22,12 +22,14 @@ def get_status(task: TaskDep) -> dict:
 
 
 @router.get("/tasks", operation_id="list_tasks", response_model=TaskList, summary="List tasks, newest first",
-            responses=error_responses(422))
-def list_tasks(service: ServiceDep,
+            responses=error_responses(401, 422))
+def list_tasks(service: ServiceDep, user: CurrentUser,
                user_id: Annotated[str | None, Query(description="Only this owner's tasks", max_length=200)] = None,
                status: Annotated[TaskStatus | None, Query(description="Only tasks in this state")] = None,
                limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 50,
                offset: Annotated[int, Query(ge=0, description="Tasks to skip")] = 0) -> dict:
+    if user is not None and not user.is_admin:
+        user_id = user.user_id   # a user lists only their own tasks, whatever they ask for
     tasks, total = service.store.list(user_id=user_id, status=status, limit=limit, offset=offset)
     return {"tasks": [t.public() for t in tasks], "total": total, "limit": limit, "offset": offset}
 

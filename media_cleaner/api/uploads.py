@@ -1,6 +1,7 @@
 """``POST /upload`` (and its alias ``/upload_with_webhook``): receive, check and queue a video."""
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -12,12 +13,16 @@ from ..models import Task, TaskView
 from ..params import (AUDIO_LEVEL_ALIASES, AUDIO_LEVELS, EPSILON_RANGE, EVERY_N_FRAMES_RANGE,
                       VIDEO_STRENGTH_RANGE, ParameterError, ProtectionParams)
 from ..probe import MediaError, probe_media
-from .deps import ServiceDep
+from ..auth import Principal
+from ..service import MediaCleanerService
+from ..webhooks import WebhookRefused, check_webhook_url
+from .deps import CurrentUser, ServiceDep
 from .errors import error_responses
 from .receive import discard, receive_multipart
 
 router = APIRouter(tags=["upload"])
 
+QUEUE_FULL_RETRY_S = 60
 TEXT_FIELD_LIMITS = {"user_id": 200, "notes": 5000, "webhook_url": 2048}
 KNOWN_FIELDS = {"epsilon", "video_strength", "every_n_frames", "audio_level", *TEXT_FIELD_LIMITS}
 
@@ -38,11 +43,12 @@ UPLOAD_FORM_SCHEMA = {
         "audio_level": {"type": "string", "enum": list(AUDIO_LEVELS) + list(AUDIO_LEVEL_ALIASES)[:3],
                         "default": "weak",
                         "description": "Voice mask budget; 'none' keeps the original sound"},
-        "user_id": {"type": "string", "maxLength": 200, "description": "Owner tag, used to filter GET /tasks"},
+        "user_id": {"type": "string", "maxLength": 200,
+                    "description": "Owner tag, used to filter GET /tasks; with API keys it is the key's user"},
         "notes": {"type": "string", "maxLength": 5000, "description": "Free text kept with the task"},
         "webhook_url": {"type": "string", "maxLength": 2048, "format": "uri",
-                        "description": "Stored with the task; delivery of completion callbacks comes with the "
-                                       "hardening release"},
+                        "description": "Called (POST, the task as JSON, HMAC-signed) when the task completes, "
+                                       "fails or is cancelled; must be a public http(s) host"},
     },
 }
 
@@ -55,6 +61,50 @@ The file is streamed to disk and checked by probing its content, not only its na
 """
 
 
+def _check_capacity(service: MediaCleanerService, user: Principal | None, declared_bytes: int) -> None:
+    """Refuse before reading the body: a full queue (429) or a disk that would fill up (507)."""
+    settings = service.settings
+    pending = service.store.count_pending()
+    if pending >= settings.max_pending_tasks:
+        raise HTTPException(429, f"The queue is full ({pending} videos waiting). Try again in a minute.",
+                            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+    if user is not None and settings.max_pending_per_user is not None:
+        mine = service.store.count_pending(user.user_id)
+        if mine >= settings.max_pending_per_user:
+            raise HTTPException(429, f"You already have {mine} videos waiting (the limit per user is "
+                                     f"{settings.max_pending_per_user}). Try again when one has finished.",
+                                headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+    free = shutil.disk_usage(settings.input_dir).free
+    if free - declared_bytes < settings.min_free_disk_gb * 1024 ** 3:
+        raise HTTPException(507, "The server is low on disk space and cannot take new videos right now. "
+                                 "Try again later, or tell the operator.")
+
+
+def _check_media(settings, info) -> None:
+    """Limits on what the probe found: refused up front, not after an hour of work."""
+    if info.duration_s > settings.max_duration_s:
+        raise HTTPException(413, f"The video is {info.duration_s / 60:.0f} minutes long; this server accepts "
+                                 f"at most {settings.max_duration_s / 60:.0f} minutes. Trim it and upload again.")
+    if info.width > settings.max_width or info.height > settings.max_height:
+        raise HTTPException(413, f"The video is {info.width}×{info.height}; this server accepts at most "
+                                 f"{settings.max_width}×{settings.max_height}. Scale it down and upload again.")
+    if min(info.width, info.height) < settings.min_side:
+        raise HTTPException(422, f"The video is only {info.width}×{info.height} pixels; at least "
+                                 f"{settings.min_side} pixels per side are needed.")
+    if info.fps > settings.max_fps:
+        raise HTTPException(422, f"The video has {info.fps:g} frames per second; this server accepts at most "
+                                 f"{settings.max_fps:g}.")
+
+
+def _owner(user: Principal | None, requested: str | None) -> str | None:
+    """The task's user_id: a key's own user (users may not claim another), or the form's value."""
+    if user is None or (user.is_admin and requested):
+        return requested
+    if requested and requested != user.user_id:
+        raise HTTPException(403, f"user_id {requested!r} is not yours; leave it out or send {user.user_id!r}.")
+    return user.user_id
+
+
 def _text_fields(fields: dict[str, str]) -> dict[str, str | None]:
     values: dict[str, str | None] = {}
     for name, limit in TEXT_FIELD_LIMITS.items():
@@ -62,14 +112,13 @@ def _text_fields(fields: dict[str, str]) -> dict[str, str | None]:
         if value is not None and len(value) > limit:
             raise ParameterError(name, f"{name} is {len(value)} characters long; at most {limit} are allowed")
         values[name] = value
-    url = values["webhook_url"]
-    if url is not None and not url.lower().startswith(("http://", "https://")):
-        raise ParameterError("webhook_url", "webhook_url must be an http:// or https:// URL")
     return values
 
 
-async def _upload(request: Request, service: ServiceDep) -> JSONResponse:
+async def _upload(request: Request, service: MediaCleanerService, user: Principal | None) -> JSONResponse:
     settings = service.settings
+    declared = request.headers.get("content-length", "")
+    await anyio.to_thread.run_sync(_check_capacity, service, user, int(declared) if declared.isdigit() else 0)
     task_id = uuid.uuid4().hex
     part_path = settings.input_dir / f".{task_id}.part"
     received = await receive_multipart(request, part_path, settings.max_upload_bytes,
@@ -91,12 +140,19 @@ async def _upload(request: Request, service: ServiceDep) -> JSONResponse:
                 received.fields.get("every_n_frames"), received.fields.get("audio_level"),
                 defaults=settings.default_params)
             text = _text_fields(received.fields)
+            text["user_id"] = _owner(user, text["user_id"])
+            if text["webhook_url"]:
+                await anyio.to_thread.run_sync(check_webhook_url, text["webhook_url"],
+                                               settings.webhook_allow_private)   # resolves a name: not on the loop
         except ParameterError as exc:
             raise HTTPException(422, exc.message)
+        except WebhookRefused as exc:
+            raise HTTPException(422, str(exc))
         try:
             info = await anyio.to_thread.run_sync(probe_media, part_path, service.ffmpeg)
         except MediaError as exc:
             raise HTTPException(415, str(exc))
+        _check_media(settings, info)
 
         stored = settings.input_dir / f"{task_id}{extension}"
         task = Task(task_id=task_id, input_video=str(stored.relative_to(settings.data_dir)),
@@ -123,7 +179,7 @@ _upload_kwargs = dict(
     status_code=202, response_model=TaskView,
     responses={202: {"description": "Accepted: the task, queued", "headers": {
         "Location": {"description": "Where to poll the task", "schema": {"type": "string"}}}},
-        **error_responses(400, 413, 415, 422)},
+        **error_responses(400, 401, 403, 413, 415, 422, 429, 507)},
     openapi_extra={"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": UPLOAD_FORM_SCHEMA}}}},
 )
@@ -131,13 +187,13 @@ _upload_kwargs = dict(
 
 @router.post("/upload", operation_id="upload_video", summary="Upload a video to protect",
              description=UPLOAD_DOC, **_upload_kwargs)
-async def upload_video(request: Request, service: ServiceDep) -> JSONResponse:
-    return await _upload(request, service)
+async def upload_video(request: Request, service: ServiceDep, user: CurrentUser) -> JSONResponse:
+    return await _upload(request, service, user)
 
 
 @router.post("/upload_with_webhook", operation_id="upload_video_with_webhook",
              summary="Upload a video (alias of /upload, kept for older clients)",
              description="Same as `POST /upload`; set `webhook_url` to be called when the task ends.",
              **_upload_kwargs)
-async def upload_video_with_webhook(request: Request, service: ServiceDep) -> JSONResponse:
-    return await _upload(request, service)
+async def upload_video_with_webhook(request: Request, service: ServiceDep, user: CurrentUser) -> JSONResponse:
+    return await _upload(request, service, user)
