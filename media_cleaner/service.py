@@ -62,7 +62,8 @@ class MediaCleanerService:
         self.store.on_finished(self._task_finished)
         self.janitor.start()
         self.pool.start()
-        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+        if settings.warm_up:
+            threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self.started = True
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s", settings.data_dir, self.ffmpeg)
 

@@ -9,13 +9,21 @@ from fastapi.testclient import TestClient
 
 from media_cleaner.api import create_app
 from media_cleaner.config import Settings
+from media_cleaner.params import ProtectionParams
+from media_cleaner.protection import PassThroughAudio, PassThroughVideo, Protectors
 from media_cleaner.service import MediaCleanerService
 from media_cleaner.workers import WorkerPool
 
 
-def make_service(data_dir: Path, protector_factory=None, **overrides) -> MediaCleanerService:
+def pass_through(params: ProtectionParams, threads: int) -> Protectors:
+    """The service tests exercise the queue, the API and the pipeline, not the engines (their own tests do)."""
+    return Protectors(PassThroughVideo(), None if params.audio_level == "none" else PassThroughAudio())
+
+
+def make_service(data_dir: Path, protector_factory=pass_through, **overrides) -> MediaCleanerService:
     settings = Settings(data_dir=data_dir, **{"max_concurrent_tasks": 1, "progress_write_interval_s": 0.2,
-                                              "video_preset": "ultrafast", **overrides})
+                                              "video_preset": "ultrafast", "warm_up": False,
+                                              **overrides})
     return MediaCleanerService(settings, pool_factory=lambda s, store: WorkerPool(s, store, protector_factory))
 
 
@@ -24,7 +32,7 @@ def api_factory(tmp_path):
     """Start the app (store + workers) on tmp_path; optional protector factory and setting overrides."""
     clients = []
 
-    def start(protector_factory=None, **overrides) -> TestClient:
+    def start(protector_factory=pass_through, **overrides) -> TestClient:
         client = TestClient(create_app(service=make_service(tmp_path, protector_factory, **overrides)))
         client.__enter__()
         clients.append(client)
