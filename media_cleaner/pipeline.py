@@ -362,7 +362,7 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
     expected = max(1, info.frame_count)
     decoder = encoder = None
     protectors.video.begin(VideoStreamInfo(width=width, height=height, fps=info.fps,
-                                           frame_count=info.frame_count))
+                                           frame_count=info.frame_count, should_stop=lambda: cancel.cancelled))
     try:
         decoder = _FFmpegProcess(_decoder_command(info, settings, colours), cancel, pipe_stdout=True,
                                  on_log_line=clock.feed, on_log_end=clock.end)
@@ -423,7 +423,8 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
     expected_samples = max(1, int(info.duration_s * rate))
     chunk_samples = AUDIO_CHUNK_SECONDS * rate
     decoder = encoder = None
-    protectors.audio.begin(AudioStreamInfo(sample_rate=rate, channels=channels, duration_s=info.duration_s))
+    protectors.audio.begin(AudioStreamInfo(sample_rate=rate, channels=channels, duration_s=info.duration_s,
+                                           should_stop=lambda: cancel.cancelled))
     try:
         decoder = _FFmpegProcess(decode, cancel, pipe_stdout=True)
         encoder = _FFmpegProcess(encode, cancel, pipe_stdin=True)

@@ -4,13 +4,13 @@ A :class:`VideoProtector` sees every decoded frame (upright RGB, uint8, H×W×3)
 and returns the frame to encode. An :class:`AudioProtector` sees the decoded PCM (float32, samples ×
 channels, at the stream's own rate) in consecutive chunks and returns exactly as many samples.
 
-Until the engines land (the face cloak and the voice mask issues) :func:`build_protectors` returns the
-pass-through implementations, which give the media back unchanged.
+:func:`build_protectors` puts the voice mask (:mod:`media_cleaner.voice_mask`) on the audio seam; the
+pass-through implementations give the media back unchanged.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +25,9 @@ class VideoStreamInfo:
     height: int
     fps: float            # average frame rate (the stream may be variable)
     frame_count: int      # expected number of frames (0 when unknown)
+    # Optional cancellation hook: True once the task is cancelled. An engine that spends seconds inside one
+    # protect_frame call (the face cloak's keyframe attack) polls it to stop within about a second.
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class AudioStreamInfo:
     sample_rate: int
     channels: int
     duration_s: float
+    # Optional cancellation hook, as for video: the voice mask checks it between optimisation steps.
+    should_stop: Callable[[], bool] | None = None
 
 
 @runtime_checkable
@@ -102,8 +107,13 @@ def build_protectors(params: ProtectionParams, *, device: str | None = None, thr
     ``device`` is where torch work runs (None: :func:`torch_device`), ``threads`` the worker's share of
     the cores.
     """
-    audio = None if params.audio_level == "none" else PassThroughAudio()
-    return Protectors(video=PassThroughVideo(), audio=audio)
+    audio = None   # "none": the pipeline copies the original sound stream
+    if params.audio_level != "none":
+        from .voice_mask import VoiceMask   # imported here: torch and the encoder load only for a task
+        audio = VoiceMask(params.audio_level, device=device, threads=threads)
+    from .face_cloak import FaceCloak   # imported here: torch and MTCNN load only for a task
+    video = FaceCloak(params, device=device or torch_device(), threads=threads)
+    return Protectors(video=video, audio=audio)
 
 
 def warm_up_engines() -> None:
@@ -111,3 +121,7 @@ def warm_up_engines() -> None:
 
     The service calls this once at start-up, in a background thread.
     """
+    from .voice_mask.engine import warm_up as warm_up_voice_mask
+    warm_up_voice_mask(torch_device())
+    from .face_cloak.engine import warm_up as warm_up_face_cloak
+    warm_up_face_cloak(torch_device())

@@ -24,13 +24,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, **settings: str):
+        """``settings``: extra MEDIA_CLEANER_* variables, by setting name (e.g. warm_up="false")."""
         self.data_dir, self.port = data_dir, port or free_port()
+        self.settings = {f"MEDIA_CLEANER_{key.upper()}": value for key, value in settings.items()}
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "Server":
-        env = {**os.environ, "MEDIA_CLEANER_PROGRESS_WRITE_INTERVAL_S": "0.2"}
+        env = {**os.environ, "MEDIA_CLEANER_PROGRESS_WRITE_INTERVAL_S": "0.2", **self.settings}
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run_server.py"), "--port", str(self.port), "--workers", "1",
              "--data-dir", str(self.data_dir)], cwd=ROOT, env=env,
@@ -87,8 +89,10 @@ def server(tmp_path):
 
 
 def upload(srv: Server, path: Path) -> dict:
+    # The original sound is kept (audio_level none): these tests are about the process, not the voice mask.
     with open(path, "rb") as fh:
-        response = httpx.post(srv.url + "/upload", files={"file": (path.name, fh, "video/mp4")}, timeout=60)
+        response = httpx.post(srv.url + "/upload", files={"file": (path.name, fh, "video/mp4")},
+                              data={"audio_level": "none"}, timeout=60)
     assert response.status_code == 202, response.text
     return response.json()
 

@@ -1,0 +1,20 @@
+"""The face cloak: an adversarial frame perturbation that hides faces from face detectors.
+
+Pieces, one job each (DESIGN §2, STYLE.md):
+
+- :mod:`.surrogate` — the white-box model: the MTCNN cascade of ``facenet-pytorch`` (P-Net, R-Net, O-Net),
+  differentiable end to end on face crops;
+- :mod:`.losses` — what the attack minimises: face scores of every stage, landmark displacement and a
+  perceptual penalty;
+- :mod:`.transforms` — the differentiable model of what happens to a frame after us (H.264-like
+  quantisation, resampling, blur) and input diversity, sampled for expectation over transformations;
+- :mod:`.masks` — where and how much the perturbation may change: feathered face masks and a luminance-
+  and texture-weighted budget;
+- :mod:`.attack` — the projected-gradient optimiser under the L∞ cap ``epsilon × video_strength``;
+- :mod:`.tracker` — keyframes, scene cuts and the box motion that carries a perturbation between keyframes;
+- :mod:`.engine` — :class:`FaceCloak`, the :class:`~media_cleaner.protection.VideoProtector` the pipeline calls.
+"""
+from .engine import CloakConfig, FaceCloak
+from .surrogate import MTCNNSurrogate, load_surrogate
+
+__all__ = ["CloakConfig", "FaceCloak", "MTCNNSurrogate", "load_surrogate"]

@@ -1,0 +1,143 @@
+"""Projected-gradient attacks on the surrogate, on a small shared base (the shape of torchattacks).
+
+:class:`Attack` owns what every attack shares: the surrogate in eval mode, the device, the cancellation
+check and a ``__repr__`` that lists the parameters. :class:`CloakPGD` is the face cloak's optimiser.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .losses import CloakLoss, perceptual_penalty
+from .masks import perceptual_budget, ycbcr_to_rgb
+from .surrogate import MTCNNSurrogate
+from .transforms import RandomPipeline
+
+
+class Attack:
+    """Base of the attacks: holds the model, its device and an optional ``should_stop`` check.
+
+    ``should_stop`` (a callable returning True to abandon the run) is polled between optimisation steps, so
+    that a cancelled task stops within one step instead of after the whole attack.
+    """
+
+    def __init__(self, model: nn.Module, should_stop: Callable[[], bool] | None = None):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.should_stop = should_stop or (lambda: False)
+
+    def _parameters(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{key}={value!r}" for key, value in self._parameters().items())
+        return f"{type(self).__name__}({items})"
+
+
+@dataclass
+class AttackResult:
+    """What :meth:`CloakPGD.__call__` returns for B crops.
+
+    delta_rgb: (B, 3, H, W) RGB perturbation in [-1, 1] units, |δ| ≤ epsilon × mask everywhere;
+    delta_ycbcr: (B, 3, H, W) the optimiser's variable, to warm-start the next keyframe;
+    detection_loss: (B,) the surrogate's detection loss at the end (lower: better hidden);
+    steps: the steps actually taken (fewer on early success or cancellation).
+    """
+
+    delta_rgb: torch.Tensor
+    delta_ycbcr: torch.Tensor
+    detection_loss: torch.Tensor
+    steps: int
+
+
+class CloakPGD(Attack):
+    """Projected gradient descent under a perceptual L∞ budget, with expectation over transformations.
+
+    Follows Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (ICLR 2018), with
+    three departures that trade saturation for invisibility:
+
+    - the variable is the perturbation in YCbCr, projected onto per-pixel caps (:func:`.masks.perceptual_budget`:
+      face mask, texture masking, chroma at a fraction of luma), then onto the user's RGB cap
+      ``epsilon`` × mask;
+    - the step is the gradient normalised by its RMS (not its sign), so pixels move in proportion to how
+      much they matter and the cap is rarely reached, plus a perceptual penalty that pulls unused change back;
+    - the loss is averaged over ``eot_samples`` random journeys through :class:`.transforms.RandomPipeline`
+      (codec, resampling, blur, input diversity), so what survives is what the detectors downstream see.
+
+    Distance measure: L∞ (in the [-1, 1] pixel range).
+
+    Arguments:
+        model (MTCNNSurrogate): the white-box surrogate.
+        epsilon (float): L∞ cap in the [-1, 1] range (``epsilon × video_strength`` of DESIGN §2). Default: 0.12.
+        steps (int): optimisation steps. Default: 20.
+        step_size (float): first step's RMS pixel move as a fraction of ``epsilon``, decayed by a cosine to a
+            tenth. Default: 0.6.
+        eot_samples (int): random transformations per step. Default: 2.
+        loss (CloakLoss): the objective. Default: ``CloakLoss()``.
+        transform (nn.Module): the random journey. Default: ``RandomPipeline()``.
+        chroma_ratio (float): Cb/Cr caps as a share of the luma cap. Default: 0.3.
+        texture_floor (float): luma cap on flat regions as a share of ``epsilon``. Default: 0.35.
+        should_stop (callable | None): polled between steps; True abandons the run. Default: None.
+
+    Shapes:
+        images (B, 3, H, W) clean RGB crops in [-1, 1] (H, W multiples of 16); boxes (B, 4) face boxes in crop
+        pixels; mask (B, 1, H, W) in [0, 1]; init (B, 3, H, W) YCbCr warm start or None.
+
+    Example::
+        attack = CloakPGD(load_surrogate(), epsilon=0.12, steps=20)
+        result = attack(crops, boxes, mask)      # crops + result.delta_rgb hides the faces
+    """
+
+    def __init__(self, model: MTCNNSurrogate, epsilon: float = 0.12, steps: int = 20, step_size: float = 0.6,
+                 eot_samples: int = 2, loss: CloakLoss | None = None, transform: nn.Module | None = None,
+                 chroma_ratio: float = 0.3, texture_floor: float = 0.35,
+                 should_stop: Callable[[], bool] | None = None):
+        super().__init__(model, should_stop)
+        self.epsilon, self.steps, self.step_size, self.eot_samples = epsilon, steps, step_size, eot_samples
+        self.loss = loss or CloakLoss()
+        self.transform = transform or RandomPipeline()
+        self.chroma_ratio, self.texture_floor = chroma_ratio, texture_floor
+
+    def _parameters(self) -> dict:
+        return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
+                "eot_samples": self.eot_samples, "loss": self.loss, "chroma_ratio": self.chroma_ratio,
+                "texture_floor": self.texture_floor}
+
+    def __call__(self, images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
+                 init: torch.Tensor | None = None) -> AttackResult:
+        images, boxes, mask = images.to(self.device), boxes.to(self.device), mask.to(self.device)
+        budget = perceptual_budget(images, mask, self.epsilon, self.chroma_ratio, self.texture_floor)
+        cap = self.epsilon * mask
+        with torch.no_grad():
+            clean_landmarks = self.model.stage_outputs(images, boxes).landmarks
+        delta = torch.zeros_like(images) if init is None else torch.maximum(torch.minimum(init.to(images), budget),
+                                                                            -budget)
+        detection = torch.zeros(images.shape[0], device=self.device)
+        batch = images.shape[0]
+        taken = 0
+        for step in range(self.steps):
+            if self.should_stop():
+                break
+            delta.requires_grad_(True)
+            adversarial = (images + ycbcr_to_rgb(delta).clamp(-cap, cap)).clamp(-1, 1)
+            journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
+            outputs = self.model.stage_outputs(torch.cat([image for image, _ in journeys]),
+                                               torch.cat([box for _, box in journeys]))
+            per_sample = self.loss.detection(outputs, clean_landmarks.repeat(self.eot_samples, 1, 1))
+            detection = per_sample.view(self.eot_samples, batch).mean(dim=0)
+            total = detection + self.loss.perceptual * perceptual_penalty(delta, budget)
+            gradient, = torch.autograd.grad(total.sum(), delta)
+            with torch.no_grad():
+                rms = gradient.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp(min=1e-12)
+                progress = step / max(1, self.steps - 1)
+                alpha = self.step_size * self.epsilon * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+                delta = torch.maximum(torch.minimum(delta - alpha * gradient / rms, budget), -budget)
+            taken += 1
+        with torch.no_grad():
+            delta_rgb = ycbcr_to_rgb(delta).clamp(-cap, cap)
+        return AttackResult(delta_rgb=delta_rgb, delta_ycbcr=delta.detach(), detection_loss=detection.detach(),
+                            steps=taken)

@@ -1,0 +1,223 @@
+"""`FaceCloak`: the face cloak behind the pipeline's video seam (:class:`~media_cleaner.protection.VideoProtector`).
+
+Per frame (upright uint8 RGB, one at a time, in order):
+
+1. decide whether it is a keyframe: the first frame, every ``every_n_frames``-th frame since the last one,
+   a scene cut, or a frame where a tracked face was lost (:mod:`.tracker`);
+2. on a keyframe, find the faces with MTCNN on the clean frame, cut a square crop around each, resampled so
+   the face is ``crop_face_px`` wide (the resolution the detectors see it at, whatever the video's size), and
+   optimise all crops as one batch with :class:`~.attack.CloakPGD` — cold for a new face, warm-started from
+   its track's last perturbation for a known one;
+3. on any other frame, move each face's latest perturbation with its tracked box;
+4. resample each crop's perturbation back to the frame, add it, round to uint8. Frames without faces are
+   returned untouched (the same array).
+
+The budget is ``epsilon × video_strength`` and the effort (steps) is multiplied by ``video_strength``
+(DESIGN §2). Torch uses ``threads`` threads (the worker's share of the cores) on ``device``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from ..params import ProtectionParams
+from ..protection import VideoStreamInfo
+from .attack import CloakPGD
+from .losses import CloakLoss
+from .masks import face_mask
+from .surrogate import load_surrogate
+from .tracker import FaceTrack, SceneCutDetector, iou
+
+
+@dataclass(frozen=True)
+class CloakConfig:
+    """Engine settings that are not user parameters (defaults tuned on the dev set; see EVALUATION.md).
+
+    crop_face_px: face width in the attack crop, pixels (MTCNN's R/O-Nets see 24/48 px; Haar and dlib work
+        at 20–80 px faces). crop_side: side of the square attack crop, a multiple of 16 (face plus context).
+    mask_margin: the face mask's half-axes as a multiple of the face box's; whole_crop: perturb the whole
+        crop around each face instead of the feathered face mask.
+    cold_steps / warm_steps: optimisation steps for a new face / a tracked face at video_strength 1.
+    eot_samples: random transformations per step. chroma_ratio, texture_floor: see :mod:`.masks`.
+    perceptual: weight of the perceptual penalty. scene_cut_threshold: see :class:`.tracker.SceneCutDetector`.
+    """
+
+    crop_face_px: int = 112
+    crop_side: int = 176
+    mask_margin: float = 1.25
+    whole_crop: bool = False
+    cold_steps: int = 30
+    warm_steps: int = 12
+    eot_samples: int = 2
+    step_size: float = 0.6
+    chroma_ratio: float = 0.12
+    texture_floor: float = 0.2
+    perceptual: float = 1.0
+    margin: float = 3.0
+    scene_cut_threshold: float = 30.0
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """A square region of the frame (may reach past its edges) and its scale to the attack crop."""
+
+    x0: int
+    y0: int
+    side: int
+
+    @classmethod
+    def around(cls, box: tuple[float, float, float, float], config: CloakConfig) -> "_Crop":
+        face = max(box[2] - box[0], box[3] - box[1], 1.0)
+        side = max(8, int(round(face * config.crop_side / config.crop_face_px)))
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        return cls(int(round(cx - side / 2)), int(round(cy - side / 2)), side)
+
+    def cut(self, frame: np.ndarray, size: int) -> np.ndarray:
+        """The region resampled to size × size (edges replicated where it leaves the frame), uint8."""
+        height, width = frame.shape[:2]
+        x1, y1 = max(0, self.x0), max(0, self.y0)
+        x2, y2 = min(width, self.x0 + self.side), min(height, self.y0 + self.side)
+        patch = cv2.copyMakeBorder(frame[y1:y2, x1:x2], y1 - self.y0, self.y0 + self.side - y2,
+                                   x1 - self.x0, self.x0 + self.side - x2, cv2.BORDER_REPLICATE)
+        interpolation = cv2.INTER_AREA if self.side > size else cv2.INTER_LINEAR
+        return cv2.resize(patch, (size, size), interpolation=interpolation)
+
+    def paste(self, target: np.ndarray, delta: np.ndarray) -> None:
+        """Add ``delta`` (size × size × 3, levels of 255) resampled to the region onto float ``target``."""
+        height, width = target.shape[:2]
+        x1, y1 = max(0, self.x0), max(0, self.y0)
+        x2, y2 = min(width, self.x0 + self.side), min(height, self.y0 + self.side)
+        if x2 <= x1 or y2 <= y1:
+            return
+        # Linear resampling both ways: the perturbation is smooth at the crop's scale, and INTER_AREA would
+        # average away what the optimiser placed between the crop's pixels when shrinking it.
+        full = cv2.resize(delta, (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+        target[y1:y2, x1:x2] += full[y1 - self.y0:y2 - self.y0, x1 - self.x0:x2 - self.x0]
+
+
+class FaceCloak:
+    """The face cloak as a :class:`~media_cleaner.protection.VideoProtector`.
+
+    Arguments:
+        params (ProtectionParams): the task's parameters (epsilon, video_strength, every_n_frames).
+        device (str): torch device. Default: "cpu".
+        threads (int): torch threads (the worker's share of the cores). Default: 1.
+        config (CloakConfig): engine settings. Default: ``CloakConfig()``.
+        should_stop (callable | None): polled between optimisation steps; True abandons the attack on the
+            current keyframe (the pipeline is being cancelled). :meth:`begin` also takes it from
+            ``VideoStreamInfo.should_stop``. Default: None.
+
+    Example::
+        cloak = FaceCloak(ProtectionParams(epsilon=0.12))
+        cloak.begin(VideoStreamInfo(width, height, fps, frame_count)); out = cloak.protect_frame(frame, t, 0)
+    """
+
+    def __init__(self, params: ProtectionParams, *, device: str = "cpu", threads: int = 1,
+                 config: CloakConfig | None = None, should_stop: Callable[[], bool] | None = None):
+        self.params = params
+        self.device = device
+        self.threads = max(1, int(threads))
+        self.config = config or CloakConfig()
+        self.epsilon = params.effective_epsilon
+        self._should_stop = should_stop
+        self.tracks: list[FaceTrack] = []
+        self.keyframes = 0
+        self._since_keyframe = 0
+        self._cuts = SceneCutDetector(self.config.scene_cut_threshold)
+
+    def _stopping(self) -> bool:
+        return self._should_stop is not None and self._should_stop()
+
+    def begin(self, info: VideoStreamInfo) -> None:
+        torch.set_num_threads(self.threads)
+        hook = getattr(info, "should_stop", None)
+        if hook is not None:
+            self._should_stop = hook
+        self.surrogate = load_surrogate(self.device)
+        strength = self.params.video_strength
+        config = self.config
+        self._attack = {
+            warm: CloakPGD(self.surrogate, epsilon=self.epsilon,
+                           steps=max(1, round((config.warm_steps if warm else config.cold_steps) * strength)),
+                           step_size=config.step_size, eot_samples=config.eot_samples,
+                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin),
+                           chroma_ratio=config.chroma_ratio, texture_floor=config.texture_floor,
+                           should_stop=self._stopping)
+            for warm in (False, True)}
+        self.tracks, self.keyframes, self._since_keyframe = [], 0, 0
+        self._cuts = SceneCutDetector(config.scene_cut_threshold)
+
+    def protect_frame(self, frame: np.ndarray, pts_s: float, index: int) -> np.ndarray:
+        cut = self._cuts.is_cut(frame)
+        lost = not all(track.follow(frame) for track in self.tracks)
+        if index == 0 or cut or lost or self._since_keyframe >= self.params.every_n_frames - 1:
+            self._keyframe(frame, fresh=cut)
+        else:
+            self._since_keyframe += 1
+        if not self.tracks:
+            return frame
+        out = frame.astype(np.float32)
+        for track in self.tracks:
+            if track.delta_rgb is not None:
+                _Crop.around(track.box, self.config).paste(out, track.delta_rgb)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def end(self) -> None:
+        self.tracks = []
+
+    def _keyframe(self, frame: np.ndarray, fresh: bool) -> None:
+        """Detect faces, match them to tracks (none after a cut), optimise all of them in one batch."""
+        self.keyframes += 1
+        self._since_keyframe = 0
+        faces = self.surrogate.detect(frame)
+        previous = [] if fresh else self.tracks
+        tracks = []
+        for face in faces:
+            match = max(previous, key=lambda track: iou(track.box, face.box), default=None)
+            warm = match is not None and iou(match.box, face.box) >= 0.3
+            tracks.append(FaceTrack(face.box, delta_ycbcr=match.delta_ycbcr if warm else None))
+        self.tracks = tracks
+        if not tracks:
+            return
+        self._optimise(frame, tracks)
+        for track in tracks:
+            track.remember(frame)
+
+    def _optimise(self, frame: np.ndarray, tracks: list[FaceTrack]) -> None:
+        config, side = self.config, self.config.crop_side
+        crops, boxes = [], []
+        for track in tracks:
+            crop = _Crop.around(track.box, config)
+            crops.append(crop.cut(frame, side))
+            scale = side / crop.side
+            x1, y1, x2, y2 = track.box
+            boxes.append([(x1 - crop.x0) * scale, (y1 - crop.y0) * scale, (x2 - crop.x0) * scale,
+                          (y2 - crop.y0) * scale])
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        boxes_t = torch.tensor(boxes, dtype=torch.float32)
+        if config.whole_crop:
+            mask = torch.ones(len(tracks), 1, side, side)
+        else:
+            mask = face_mask(side, side, boxes_t, margin=config.mask_margin)
+        warm = all(track.delta_ycbcr is not None for track in tracks)
+        init = torch.stack([track.delta_ycbcr if track.delta_ycbcr is not None else torch.zeros(3, side, side)
+                            for track in tracks]) if any(t.delta_ycbcr is not None for t in tracks) else None
+        result = self._attack[warm](images.to(self.device), boxes_t.to(self.device), mask.to(self.device), init)
+        deltas = (result.delta_rgb * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        for track, delta, variable in zip(tracks, deltas, result.delta_ycbcr.cpu()):
+            track.delta_rgb = delta
+            track.delta_ycbcr = variable
+
+
+def warm_up(device: str = "cpu") -> None:
+    """Load MTCNN and run one tiny forward/backward pass through all three stages (the first pass pays for
+    lazy initialisation), so the first task starts at full speed. Called by ``warm_up_engines``."""
+    surrogate = load_surrogate(device)
+    images = torch.zeros(1, 3, 64, 64, device=device, requires_grad=True)
+    boxes = torch.tensor([[16.0, 16.0, 48.0, 48.0]], device=device)
+    outputs = surrogate.stage_outputs(images, boxes)
+    (outputs.rnet_logits.sum() + outputs.onet_logits.sum() + sum(m.sum() for m in outputs.pnet_logits)).backward()

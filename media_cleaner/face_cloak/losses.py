@@ -1,0 +1,84 @@
+"""What the cloak minimises: small named loss terms over :class:`~.surrogate.StageOutputs`.
+
+Each term returns a (B,) tensor, one value per crop, so the attack can weigh, average and stop per face.
+
+- :func:`pnet_loss` — P-Net's face logits at every pyramid scale that sees the face: with no P-Net
+  candidate, the later stages never run (the attack of Kaziakhmedov et al., "Real-world attack on MTCNN
+  face detection system", SIBIRCON 2019, and of Zhang et al.'s Adversarial-Face work, targets this stage);
+- :func:`acceptance_loss` — R-Net / O-Net logits on the face box and jittered boxes;
+- :func:`landmark_loss` — O-Net's landmarks pushed away from the clean ones (a harvester aligns faces by
+  them, and moving them disturbs the feature that all detectors share: where eyes, nose and mouth are);
+- :func:`perceptual_penalty` — the perturbation's energy relative to its perceptual budget, so the
+  optimiser spends only as much of the cap as it needs (DESIGN §2).
+
+Logits are hinged at ``-margin`` (Carlini & Wagner's confidence κ): a score already far below the
+decision threshold stops pulling, and pushing each score well past the threshold is what transfers to
+detectors we never see.
+"""
+from __future__ import annotations
+
+import torch
+
+from .surrogate import StageOutputs
+
+
+def _soft_max(values: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Smooth maximum over the last dimension: τ·log mean exp(x/τ) (≥ the mean, → the max as τ → 0)."""
+    count = torch.tensor(float(values.shape[-1]), device=values.device)
+    return temperature * (torch.logsumexp(values / temperature, dim=-1) - torch.log(count))
+
+
+def pnet_loss(outputs: StageOutputs, margin: float = 3.0, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over scales of the smooth maximum of hinged P-Net face logits over the crop; (B,)."""
+    terms = [_soft_max(torch.relu(logits + margin).flatten(1), temperature) for logits in outputs.pnet_logits]
+    return torch.stack(terms, dim=0).mean(dim=0)
+
+
+def acceptance_loss(outputs: StageOutputs, margin: float = 3.0) -> torch.Tensor:
+    """Mean hinged R-Net and O-Net face logits over the jittered boxes; (B,)."""
+    return (torch.relu(outputs.rnet_logits + margin).mean(dim=1)
+            + torch.relu(outputs.onet_logits + margin).mean(dim=1)) / 2
+
+
+def landmark_loss(outputs: StageOutputs, clean_landmarks: torch.Tensor, reach: float = 0.15) -> torch.Tensor:
+    """Negative landmark displacement from ``clean_landmarks`` (B, K, 10), saturating at ``reach`` (box
+    fractions) per coordinate so that one landmark thrown far cannot dominate; (B,)."""
+    displacement = (outputs.landmarks - clean_landmarks).abs().clamp(max=reach)
+    return -displacement.mean(dim=(1, 2)) / reach
+
+
+def perceptual_penalty(delta: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Mean of (δ / budget)² over the pixels the budget allows (YCbCr δ and budget (B, 3, H, W)); (B,).
+
+    0 for no change, 1 when every allowed pixel sits on its cap — a sign-gradient attack's 1.
+    """
+    allowed = budget > 1e-6
+    ratio = torch.where(allowed, delta / budget.clamp(min=1e-6), torch.zeros_like(delta))
+    return (ratio ** 2).sum(dim=(1, 2, 3)) / allowed.sum(dim=(1, 2, 3)).clamp(min=1)
+
+
+class CloakLoss:
+    """The weighted sum the attack minimises, per crop.
+
+    Arguments:
+        pnet (float): weight of :func:`pnet_loss`. Default: 1.0.
+        acceptance (float): weight of :func:`acceptance_loss`. Default: 1.0.
+        landmarks (float): weight of :func:`landmark_loss`. Default: 0.5.
+        perceptual (float): weight of :func:`perceptual_penalty`. Default: 0.3.
+        margin (float): logit hinge κ for the detection terms. Default: 3.0 (p(face) ≈ 0.05).
+    """
+
+    def __init__(self, pnet: float = 1.0, acceptance: float = 1.0, landmarks: float = 0.5,
+                 perceptual: float = 0.3, margin: float = 3.0):
+        self.pnet, self.acceptance, self.landmarks, self.perceptual = pnet, acceptance, landmarks, perceptual
+        self.margin = margin
+
+    def detection(self, outputs: StageOutputs, clean_landmarks: torch.Tensor) -> torch.Tensor:
+        """The terms that make the face undetectable (without the perceptual penalty); (B,)."""
+        return (self.pnet * pnet_loss(outputs, self.margin)
+                + self.acceptance * acceptance_loss(outputs, self.margin)
+                + self.landmarks * landmark_loss(outputs, clean_landmarks))
+
+    def __repr__(self) -> str:
+        return (f"CloakLoss(pnet={self.pnet}, acceptance={self.acceptance}, landmarks={self.landmarks}, "
+                f"perceptual={self.perceptual}, margin={self.margin})")

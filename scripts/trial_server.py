@@ -1,0 +1,92 @@
+"""Shared pieces of the trial scripts: a real server process on a free port, test media, memory sampling."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from media_cleaner.ffmpeg_bin import find_ffmpeg  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_clip(path: Path, seconds: float, size: str = "320x240", fps: int = 25, crf: int = 23) -> Path:
+    """A testsrc2 + sine clip; a low ``crf`` makes a big file from a short clip (upload load)."""
+    if not path.exists():
+        subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
+                        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}",
+                        "-f", "lavfi", "-i", f"sine=frequency=330:duration={seconds}", "-c:v", "libx264",
+                        "-preset", "ultrafast", "-crf", str(crf), "-pix_fmt", "yuv420p", "-c:a", "aac",
+                        "-shortest", str(path)], check=True)
+    return path
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+class ServerProcess:
+    """``run_server.py`` in a child process, killed or stopped on demand."""
+
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, port: int | None = None):
+        self.data_dir, self.workers = data_dir, workers
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.peak_rss_kib = 0
+        self._sampling = threading.Event()
+
+    def start(self, timeout: float = 60) -> "ServerProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run_server.py"), "--port", str(self.port), "--workers", str(self.workers),
+             "--data-dir", str(self.data_dir), "--log-level", "WARNING"],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    threading.Thread(target=self._sample, daemon=True).start()
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def _sample(self) -> None:
+        proc = self.proc
+        while proc.poll() is None:
+            self.peak_rss_kib = max(self.peak_rss_kib, rss_kib(proc.pid))
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
