@@ -1,6 +1,9 @@
 """``python -m media_cleaner``: the protection pipeline from the command line, without a server.
 
     python -m media_cleaner protect talk.mp4 -o talk_protected.mp4 [--epsilon 0.12 --audio-level weak]
+
+and the evaluation harness (EVALUATION.md): ``evaluate``, ``evaluate-set``, ``bench`` and
+``voice-threshold``; their code lives in :mod:`media_cleaner.evaluation` and is imported only when used.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from .auth import ROLES, KeyConfigError, KeyRing, add_key, revoke_user
 from .config import Settings
+from .evaluation import EvaluationError
 from .params import AUDIO_LEVELS, ParameterError, ProtectionParams
 from .pipeline import protect_video
 from .probe import MediaError
@@ -101,6 +105,82 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        import json
+
+        from .evaluation import json_safe
+        Path(path).write_text(json.dumps(json_safe(result), indent=2, ensure_ascii=False) + "\n")
+        print(f"figures written to {path}")
+
+
+def _quiet_torch() -> None:
+    """One intra-op thread for the judges' torch models (MTCNN, Resemblyzer): their many small operations gain
+    nothing from more, and on a busy machine OpenMP's spinning threads made MTCNN 10x slower (measured)."""
+    import torch
+    torch.set_num_threads(1)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate_pair, format_table
+    _quiet_torch()
+    result = evaluate_pair(args.original, args.protected, frames=args.frames, cnn_frames=args.cnn_frames,
+                           speech_reference=args.speech_reference, reencode=not args.no_reencode,
+                           threads=args.threads)
+    print(format_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_evaluate_set(args: argparse.Namespace) -> int:
+    from .evaluation.dataset import evaluate_set, format_set_table
+    _quiet_torch()
+    params = params_from_args(args)
+
+    def progress(entry: dict) -> None:
+        state = "error: " + entry["error"] if "error" in entry else f"done ({entry['protect_seconds']} s to protect)"
+        print(f"{Path(entry['file']).name}: {state}", file=sys.stderr, flush=True)
+
+    result = evaluate_set(args.folder, params, frames=args.frames, cnn_frames=args.cnn_frames,
+                          reencode=not args.no_reencode, threads=args.threads, on_file=progress,
+                          pass_through=args.pass_through)
+    print(format_set_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .evaluation.bench import bench, format_bench
+    result = bench(args.input, params_from_args(args), runs=args.runs, threads=args.threads,
+                   pass_through=args.pass_through)
+    print(format_bench(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_voice_threshold(args: argparse.Namespace) -> int:
+    from .evaluation.voice import measure_threshold
+    _quiet_torch()
+    result = measure_threshold(args.folder)
+    print(f"equal-error threshold {result['threshold']:.4f} (EER {100 * result['eer']:.2f} %) on "
+          f"{result['utterances']} utterances of {result['speakers']} speakers: {result['same_pairs']} "
+          f"same-speaker pairs (mean {result['same_mean']:.3f}), {result['different_pairs']} different-speaker "
+          f"pairs (mean {result['different_mean']:.3f})")
+    return 0
+
+
+def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluation.evaluate import DEFAULT_CNN_FRAMES, DEFAULT_FRAMES
+    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
+                        help=f"frames sampled evenly per video, 0 for all (default {DEFAULT_FRAMES})")
+    parser.add_argument("--cnn-frames", type=int, default=DEFAULT_CNN_FRAMES,
+                        help=f"how many of them dlib's slow CNN detector sees (default {DEFAULT_CNN_FRAMES})")
+    parser.add_argument("--no-reencode", action="store_true",
+                        help="skip the platform re-encode (720 lines, CRF 28, AAC 128k) figures")
+    parser.add_argument("--json", metavar="F", help="also write the figures to this JSON file")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for ffmpeg (default 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m media_cleaner", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +197,38 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--role", choices=ROLES, default="user", help="user (own tasks) or admin (all tasks)")
     keys.add_argument("--file", help="keys file (default: MEDIA_CLEANER_API_KEYS_FILE)")
     keys.set_defaults(run=cmd_keys)
+
+    evaluate = commands.add_parser("evaluate", help="measure the protection of a protected video (any pair)")
+    evaluate.add_argument("--original", required=True, help="the video before protection")
+    evaluate.add_argument("--protected", required=True, help="the protected video")
+    evaluate.add_argument("--speech-reference", metavar="DIR",
+                          help="a folder of other clean speech of the same speaker (enrollment similarity)")
+    _add_evaluation_arguments(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    evaluate_set = commands.add_parser("evaluate-set", help="protect and evaluate every video (or speech file) "
+                                                            "in a folder")
+    evaluate_set.add_argument("folder", help="folder of videos, or of speech files (each wrapped in a still video)")
+    add_param_arguments(evaluate_set)
+    evaluate_set.add_argument("--pass-through", action="store_true",
+                              help="engines off: the baseline (same pipeline and encode, nothing protected)")
+    _add_evaluation_arguments(evaluate_set)
+    evaluate_set.set_defaults(run=cmd_evaluate_set)
+
+    bench_parser = commands.add_parser("bench", help="protect time against a plain re-encode, and peak memory")
+    bench_parser.add_argument("input", help="the video to protect")
+    add_param_arguments(bench_parser)
+    bench_parser.add_argument("--pass-through", action="store_true",
+                              help="engines off: what the pipeline alone costs")
+    bench_parser.add_argument("--runs", type=int, default=3, help="timed runs; the ratio is their median (default 3)")
+    bench_parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    bench_parser.add_argument("--json", metavar="F", help="also write the figures to this JSON file")
+    bench_parser.set_defaults(run=cmd_bench)
+
+    threshold = commands.add_parser("voice-threshold", help="measure the speaker-match (equal-error) threshold "
+                                                            "on a folder of <speaker>/<utterances>")
+    threshold.add_argument("folder")
+    threshold.set_defaults(run=cmd_voice_threshold)
     return parser
 
 
@@ -124,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ParameterError, MediaError, KeyConfigError, UsageError) as exc:
+    except (ParameterError, MediaError, KeyConfigError, UsageError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     default_video_strength: float = Field(DEFAULT_VIDEO_STRENGTH, ge=VIDEO_STRENGTH_RANGE[0], le=VIDEO_STRENGTH_RANGE[1])
     default_every_n_frames: int = Field(DEFAULT_EVERY_N_FRAMES, ge=EVERY_N_FRAMES_RANGE[0], le=EVERY_N_FRAMES_RANGE[1])
     default_audio_level: str = Field(DEFAULT_AUDIO_LEVEL, description=f"one of {', '.join(AUDIO_LEVELS)}")
+    task_reports: bool = Field(True, description="Measure a protection report and preview sheet for every task")
     warm_up: bool = Field(True, description="Load the protection models at start-up, not on the first task")
     video_crf: int = Field(17, ge=0, le=51, description="libx264 quality; low so that perturbations survive")
     video_preset: str = Field("fast", description="libx264 preset (speed/size trade-off)")

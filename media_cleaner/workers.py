@@ -3,7 +3,9 @@
 Each worker gets ``cores // N`` threads for ffmpeg and torch, so N workers never oversubscribe the machine.
 A task's failure is recorded on the task and never kills its worker. Cancelling a running task kills its
 child processes at once (the pipeline's :class:`CancelToken`), and the partial output is removed. On
-shutdown running tasks go back to pending without counting an attempt.
+shutdown running tasks go back to pending without counting an attempt. Before a task is marked completed
+its protection report (cheap figures and a before/after sheet, :mod:`media_cleaner.evaluation.report`) is
+stored in ``task.report``; a report that cannot be made is noted there and never fails the task.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Settings
+from .evaluation.report import build_task_report, preview_file_name
+from .evaluation.report import warm_up as warm_up_report
 from .models import TaskStatus, utc_now
 from .params import ProtectionParams
 from .pipeline import CancelToken, TaskCancelled, protect_video
@@ -67,6 +71,15 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
         log.info("worker pool started: %d workers, %d threads each", self.size, self.settings.threads_per_worker)
+        if self.settings.warm_up and self.settings.task_reports:   # the engines' warm-up switch too
+            threading.Thread(target=self._warm_up_report, name="report-warm-up", daemon=True).start()
+
+    @staticmethod
+    def _warm_up_report() -> None:
+        try:
+            warm_up_report()
+        except Exception:   # the report of the first task will say what is wrong
+            log.warning("loading the protection report's models failed", exc_info=True)
 
     def notify(self) -> None:
         """A task was queued: wake one idle worker."""
@@ -142,6 +155,9 @@ class WorkerPool:
                           threads=settings.threads_per_worker, crf=settings.video_crf,
                           preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
                           ffmpeg=settings.ffmpeg)
+            protect_seconds = time.monotonic() - started
+            report = (self._report(task_id, input_path, output_path, protect_seconds, running.token)
+                      if settings.task_reports else {"protect_seconds": round(protect_seconds, 2)})
         except TaskCancelled:
             self._after_interrupt(task_id, running, output_path)
             return
@@ -166,14 +182,36 @@ class WorkerPool:
 
         done = self.store.transition(
             task_id, [TaskStatus.processing], status=TaskStatus.completed, progress=100.0, eta_s=None,
-            completed_at=utc_now(), output_video=str(output_path.relative_to(settings.data_dir)))
+            completed_at=utc_now(), output_video=str(output_path.relative_to(settings.data_dir)), report=report)
         if done is None:   # cancelled in the instant between the last frame and here
             output_path.unlink(missing_ok=True)
+            (settings.output_dir / preview_file_name(task_id)).unlink(missing_ok=True)
         else:
             log.info("task %s completed in %.1f s -> %s", task_id, time.monotonic() - started, output_path.name)
 
+    def _report(self, task_id: str, input_path: Path, output_path: Path, protect_seconds: float,
+                token: CancelToken) -> dict:
+        """The task's protection report (cheap figures and the before/after sheet). A failure to make it is
+        recorded in the report and never fails the task; only a cancel (TaskCancelled) gets through."""
+        preview = self.settings.output_dir / preview_file_name(task_id)
+        try:
+            report = build_task_report(input_path, output_path, preview, protect_seconds=round(protect_seconds, 2),
+                                       ffmpeg=self.settings.ffmpeg, cancel=token)
+        except TaskCancelled:
+            preview.unlink(missing_ok=True)
+            raise
+        except Exception as exc:
+            token.raise_if_cancelled()   # a killed ffmpeg child surfaces as an error: it was the cancel
+            log.warning("task %s: the protection report could not be made: %s", task_id, exc, exc_info=True)
+            preview.unlink(missing_ok=True)
+            return {"protect_seconds": round(protect_seconds, 2),
+                    "error": f"The protection report could not be made ({type(exc).__name__}: {exc})."}
+        report["preview"] = str(preview.relative_to(self.settings.data_dir))
+        return report
+
     def _after_interrupt(self, task_id: str, running: _Running, output_path: Path) -> None:
         output_path.unlink(missing_ok=True)
+        (self.settings.output_dir / preview_file_name(task_id)).unlink(missing_ok=True)
         try:
             task = self.store.get(task_id)
         except TaskNotFound:

@@ -22,7 +22,7 @@ def pass_through(params: ProtectionParams, threads: int) -> Protectors:
 
 def make_service(data_dir: Path, protector_factory=pass_through, **overrides) -> MediaCleanerService:
     settings = Settings(data_dir=data_dir, **{"max_concurrent_tasks": 1, "progress_write_interval_s": 0.2,
-                                              "video_preset": "ultrafast", "warm_up": False,
+                                              "video_preset": "ultrafast", "warm_up": False, "task_reports": False,
                                               **overrides})
     return MediaCleanerService(settings, pool_factory=lambda s, store: WorkerPool(s, store, protector_factory))
 

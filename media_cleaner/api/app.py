@@ -11,17 +11,18 @@ from fastapi_offline import FastAPIOffline
 from .. import __version__
 from ..config import Settings
 from ..service import MediaCleanerService
-from . import downloads, system, tasks, uploads
+from . import downloads, reports, system, tasks, uploads
 from .errors import install_error_handlers
 
-DESCRIPTION = """Media Cleaner returns a **protected** copy of a video. The protection engines plug into the
-pipeline's two seams: a frame perturbation against face detectors and an audio mask against speaker
-encoders. **In this release the seams pass frames and sound through unchanged**: the output is a clean
-H.264/AAC re-encode with identifying metadata (GPS, device make and model, dates) removed, and the same
-frame count, timestamps, orientation and sound as the input.
+DESCRIPTION = """Media Cleaner returns a **protected** copy of a video: the faces in its frames carry a small
+adversarial perturbation against face detectors (the face cloak), and the voice in its soundtrack an
+adversarial mask against speaker encoders (the voice mask). Identifying metadata (GPS, device make and model,
+dates) is removed; frame count, timestamps, orientation and sound are kept. How well it works, measured against
+models the protection never saw, is in EVALUATION.md and in each task's report (`GET /report/{task_id}`).
 
 **How to use it:** `POST /upload` a video → poll `GET /status/{task_id}` until `status` is `completed`
-→ `GET /download/{task_id}`. Errors are JSON `{"detail": "…"}` that say what to fix.
+→ `GET /download/{task_id}`. Errors are JSON `{"detail": "…"}` that say what to fix. When the server has API
+keys, send yours in `X-API-Key` (the Authorize button).
 """
 
 
@@ -42,12 +43,14 @@ def create_app(settings: Settings | None = None, service: MediaCleanerService | 
                   openapi_tags=[{"name": "upload", "description": "Send a video to protect"},
                                 {"name": "tasks", "description": "Follow, list and cancel tasks"},
                                 {"name": "download", "description": "Fetch the protected video"},
+                                {"name": "report", "description": "How well the protection worked, with a "
+                                                                  "before/after sheet"},
                                 {"name": "service", "description": "Queue statistics and health"}])
     app.state.service = service
     if service.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=service.settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"], expose_headers=["Location"])
     install_error_handlers(app)
-    for module in (uploads, tasks, downloads, system):
+    for module in (uploads, tasks, downloads, reports, system):
         app.include_router(module.router)
     return app

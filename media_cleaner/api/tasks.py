@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ..models import TaskList, TaskStatus, TaskView, utc_now
+from ..retention import task_files
 from ..store import TaskNotFound
 from .deps import CurrentUser, ServiceDep, TaskDep
 from .errors import error_responses
@@ -54,7 +55,7 @@ def cancel_or_delete_task(task: TaskDep, service: ServiceDep) -> dict:
         removed = store.delete(task.task_id)
     except TaskNotFound:   # deleted by a concurrent request
         return {"task_id": task.task_id, "deleted": True}
-    for relative in (removed.input_video, removed.output_video):
-        if relative:
-            (data_dir / relative).unlink(missing_ok=True)
+    # task_files: the upload and everything named after the task in the outputs (video, report preview).
+    for path in task_files(service.settings, removed):
+        path.unlink(missing_ok=True)
     return {"task_id": task.task_id, "deleted": True}

@@ -1,0 +1,201 @@
+"""The data-set runner (``python -m media_cleaner evaluate-set DIR``): protect every file, evaluate each.
+
+This is how the engines' figures are produced and compared, one command. Every video in the folder (and
+its sub-folders) is protected with the given settings through the service's own pipeline
+(:func:`~media_cleaner.pipeline.protect_video` with :func:`~media_cleaner.protection.build_protectors`
+and the server's default encoder settings), then scored with :func:`.evaluate.evaluate_pair`. A folder of
+speech files instead gets each file wrapped in a still grey video first, so the same pipeline and the same
+figures apply (the video figures of a still frame without a face are then empty).
+"""
+from __future__ import annotations
+
+import math
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import SUPPORTED_VIDEO_FORMATS, Settings
+from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg
+from ..params import ProtectionParams
+from ..pipeline import protect_video
+from ..probe import MediaError
+from ..protection import (
+    PassThroughAudio,
+    PassThroughVideo,
+    Protectors,
+    build_protectors,
+)
+from . import EvaluationError
+from .evaluate import DEFAULT_CNN_FRAMES, DEFAULT_FRAMES, DETECTOR_ORDER, evaluate_pair
+from .voice import SPEECH_SUFFIXES
+
+STILL_SIZE = "320x240"
+
+
+def collect_inputs(folder: str | Path) -> tuple[list[Path], bool]:
+    """The videos under ``folder`` (sorted), or its speech files when it holds no video; (files, is_speech)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder} does not exist or is not a folder.")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    videos = [p for p in files if p.suffix.lower() in SUPPORTED_VIDEO_FORMATS]
+    if videos:
+        return videos, False
+    speech = [p for p in files if p.suffix.lower() in SPEECH_SUFFIXES]
+    if not speech:
+        raise EvaluationError(f"{folder} holds no video ({', '.join(SUPPORTED_VIDEO_FORMATS)}) and no speech "
+                              f"({', '.join(sorted(SPEECH_SUFFIXES))}) files.")
+    return speech, True
+
+
+def wrap_speech(speech: Path, target: Path, ffmpeg: str | None = None) -> Path:
+    """``speech`` as the soundtrack of a still grey video of the same length (AAC at 256 kbit/s, so the
+    wrapper itself costs the sound little)."""
+    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-f", "lavfi", "-i", f"color=c=gray:s={STILL_SIZE}:r=25", "-i", str(speech),
+            "-map", "0:v", "-map", "1:a", "-shortest", "-c:v", "libx264", "-preset", "ultrafast",
+            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "256k", str(target)]
+    try:
+        run_ffmpeg(args)
+    except FFmpegError as exc:
+        raise EvaluationError(f"could not wrap {speech.name} in a video: {exc.reason}") from exc
+    return target
+
+
+# The per-file table: (column, path into the evaluate_pair result, how to show it).
+COLUMNS = [
+    *[(f"{name} D/R", ("video", "{variant}", "detection", name, "protection"), "percent2")
+      for name in DETECTOR_ORDER],
+    ("id match D/R", ("video", "{variant}", "identity", "match_rate"), "percent2"),
+    ("PSNR", ("video", "delivered", "quality", "psnr"), "1"),
+    ("SSIM", ("video", "delivered", "quality", "ssim"), "3"),
+    ("faceSSIM", ("video", "delivered", "quality", "face_ssim"), "3"),
+    ("VMAF D/R", ("video", "{variant}", "quality", "vmaf"), "0-2"),
+    ("spk sim", ("audio", "speaker", "similarity"), "3"),
+    ("PESQ", ("audio", "quality", "pesq"), "2"),
+    ("STOI", ("audio", "quality", "stoi"), "3"),
+]
+
+
+def _get(result: dict, path: tuple, variant: str):
+    value = result
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key.format(variant=variant))
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _values(result: dict, path: tuple) -> list:
+    variants = ("delivered",)
+    if any("{variant}" in key for key in path) and "reencoded" in result.get("video", {}):
+        variants += ("reencoded",)
+    return [_get(result, path, variant) for variant in variants]
+
+
+def _show(values: list, style: str) -> str:
+    def one(value):
+        if value is None:
+            return "–"
+        if math.isinf(value):
+            return "∞"
+        if style.startswith("percent"):
+            return f"{100 * value:.0f}%"
+        return f"{value:.{0 if style == '0-2' else int(style)}f}"
+    return "/".join(one(v) for v in values)
+
+
+def means(results: list[dict]) -> dict:
+    """Mean of each table column over the files that have it (an infinite PSNR counts as 100 dB)."""
+    summary = {}
+    for label, path, _ in COLUMNS:
+        per_variant = list(zip(*[_values(r, path) for r in results])) if results else []
+        column = []
+        for values in per_variant:
+            finite = [min(v, 100.0) for v in values if v is not None]
+            column.append(sum(finite) / len(finite) if finite else None)
+        summary[label] = column
+    return summary
+
+
+def format_set_table(report: dict) -> str:
+    """The per-file table, the means and the command that reproduces them."""
+    name_width = max([len(Path(f["file"]).name) for f in report["files"]] + [8])
+    widths = [max(len(label), 9) for label, _, _ in COLUMNS]
+    header = f"{'file':<{name_width}}" + "".join(f" {label:>{w}}" for (label, _, _), w in zip(COLUMNS, widths))
+    legend = ("D/R: as delivered / after the platform re-encode; detector columns are protection rates "
+              "(1 − protected/original detection)")
+    lines = [f"settings: {report['settings']}, engines {report['engines']}", legend, "", header, "-" * len(header)]
+    for entry in report["files"]:
+        name = Path(entry["file"]).name
+        if "error" in entry:
+            lines.append(f"{name:<{name_width}} error: {entry['error']}")
+            continue
+        cells = [_show(_values(entry["result"], path), style) for _, path, style in COLUMNS]
+        lines.append(f"{name:<{name_width}}" + "".join(f" {c:>{w}}" for c, w in zip(cells, widths)))
+    lines.append("-" * len(header))
+    cells = [_show(report["means"][label], style) for label, _, style in COLUMNS]
+    lines.append(f"{'mean':<{name_width}}" + "".join(f" {c:>{w}}" for c, w in zip(cells, widths)))
+    lines += ["", f"{len(report['files'])} files in {report['seconds']:.0f} s; reproduce with:",
+              f"  {report['command']}"]
+    return "\n".join(lines)
+
+
+def pass_through_protectors(params: ProtectionParams, threads: int) -> Protectors:
+    """The seams with the engines off (the baseline: the same pipeline and encode, nothing changed)."""
+    return Protectors(PassThroughVideo(), None if params.audio_level == "none" else PassThroughAudio())
+
+
+def engine_protectors(params: ProtectionParams, threads: int) -> Protectors:
+    return build_protectors(params, threads=threads)
+
+
+def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = DEFAULT_FRAMES,
+                 cnn_frames: int = DEFAULT_CNN_FRAMES, reencode: bool = True, threads: int = 2,
+                 settings: Settings | None = None, on_file: Callable[[dict], None] | None = None,
+                 pass_through: bool = False) -> dict:
+    """Protect and evaluate every file of ``folder``; ``on_file(entry)`` is called as each one finishes.
+
+    ``pass_through``: protect with the engines off, which gives the baseline every engine is compared to.
+    """
+    make_protectors = pass_through_protectors if pass_through else engine_protectors
+    started = time.monotonic()
+    settings = settings or Settings()
+    inputs, is_speech = collect_inputs(folder)
+    ffmpeg = find_ffmpeg(settings.ffmpeg)
+    entries = []
+    with tempfile.TemporaryDirectory(prefix="media_cleaner_set_") as work:
+        work = Path(work)
+        for number, source in enumerate(inputs):
+            entry: dict = {"file": str(source)}
+            try:
+                original = wrap_speech(source, work / f"{number}_wrapped.mp4", ffmpeg) if is_speech else source
+                protected = work / f"{number}_protected.mp4"
+                t0 = time.monotonic()
+                protectors = make_protectors(params, threads)
+                protect_video(original, protected, params, protectors=protectors, temp_dir=work / "tmp",
+                              threads=threads, crf=settings.video_crf, preset=settings.video_preset,
+                              audio_bitrate=settings.audio_bitrate, ffmpeg=ffmpeg)
+                entry["protect_seconds"] = round(time.monotonic() - t0, 2)
+                entry["result"] = evaluate_pair(original, protected, frames=frames, cnn_frames=cnn_frames,
+                                                reencode=reencode, ffmpeg=ffmpeg, threads=threads)
+            except (EvaluationError, MediaError) as exc:   # one bad file must not stop the whole set
+                entry["error"] = str(exc)
+            entries.append(entry)
+            if on_file is not None:
+                on_file(entry)
+    parts = ["python", "-m", "media_cleaner", "evaluate-set", str(folder), "--epsilon", str(params.epsilon),
+             "--video-strength", str(params.video_strength), "--every-n-frames", str(params.every_n_frames),
+             "--audio-level", params.audio_level, "--frames", str(frames), "--cnn-frames", str(cnn_frames)]
+    if not reencode:
+        parts.append("--no-reencode")
+    if pass_through:
+        parts.append("--pass-through")
+    good = [e["result"] for e in entries if "result" in e]
+    return {"settings": {"epsilon": params.epsilon, "video_strength": params.video_strength,
+                         "every_n_frames": params.every_n_frames, "audio_level": params.audio_level,
+                         "crf": settings.video_crf, "preset": settings.video_preset},
+            "engines": "off (pass-through)" if pass_through else "on", "files": entries, "means": means(good),
+            "seconds": round(time.monotonic() - started, 1), "command": shlex.join(parts)}

@@ -1,0 +1,323 @@
+"""One original/protected pair → every figure of DESIGN §5 (``python -m media_cleaner evaluate``).
+
+The protected file is scored twice: as delivered, and after the platform re-encode (:mod:`.reencode`),
+because that is what a scraper downloads. On evenly sampled frames (default 60; dlib's slow CNN on a
+smaller even subset) each detector is run on the original frame and on the same protected frame:
+
+- a detector's *original rate* is the share of sampled frames where it finds a face in the original; its
+  *protected rate* the share where it finds, in the protected frame, a face overlapping (IoU ≥ 0.3) a face
+  it found in the original; *protection* = 1 − protected rate / original rate;
+- *identity*: dlib's 128-D embedding of the protected face against the original face (the largest face
+  dlib HOG finds in the original frame); distance < 0.6 is a match, a frame where no face is found in
+  the protected frame counts as protected;
+- *quality*: PSNR/SSIM (luma, all frames) and VMAF from ffmpeg, SSIM inside the original face boxes.
+
+The sound is scored on the delivered file (speaker similarity also after the re-encode). Works on any pair
+of videos; when frame counts differ, frames are paired by relative time.
+"""
+from __future__ import annotations
+
+import math
+import shlex
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..ffmpeg_bin import find_ffmpeg
+from . import EvaluationError
+from .judges import DETECTORS, MATCH_DISTANCE, Box, best_match, detector, embedder
+from .media import (
+    even_indices,
+    matching_indices,
+    probe,
+    read_audio,
+    read_frames,
+    require_file,
+)
+from .metrics import audio_quality, face_ssim, video_quality
+from .reencode import platform_reencode, reencode_command
+from .voice import MATCH_THRESHOLD, RATE, encoder, enrollment_embeddings, similarity
+
+DEFAULT_FRAMES = 60
+# dlib's CNN takes about a second per frame on a busy 2-core CPU: it sees an even subset of the sample.
+DEFAULT_CNN_FRAMES = 8
+# Reported in this order; the first is the white-box surrogate.
+DETECTOR_ORDER = ("mtcnn", "haar", "dlib_hog", "dlib_cnn")
+# Whose boxes mark "the face" for face SSIM, most reliable first.
+FACE_BOX_SOURCES = ("mtcnn", "dlib_hog", "haar")
+
+
+def evaluate_command(original, protected, frames: int, cnn_frames: int, speech_reference=None,
+                     reencode: bool = True, json_path=None) -> str:
+    """The command line that reproduces an evaluation."""
+    parts = ["python", "-m", "media_cleaner", "evaluate", "--original", str(original), "--protected",
+             str(protected), "--frames", str(frames), "--cnn-frames", str(cnn_frames)]
+    if speech_reference:
+        parts += ["--speech-reference", str(speech_reference)]
+    if not reencode:
+        parts.append("--no-reencode")
+    if json_path:
+        parts += ["--json", str(json_path)]
+    return shlex.join(parts)
+
+
+class _Originals:
+    """The sampled original frames and what the judges found in them (computed once, used for both the
+    delivered and the re-encoded file)."""
+
+    def __init__(self, frames: list[np.ndarray], cnn_positions: list[int], detectors: list[str]):
+        self.frames = frames
+        self.cnn_positions = cnn_positions
+        self.boxes: dict[str, list[list[Box]] | None] = {}
+        self.notes: dict[str, str] = {}
+        for name in detectors:
+            try:
+                judge = detector(name)
+            except EvaluationError as exc:
+                self.boxes[name], self.notes[name] = None, str(exc)
+                continue
+            positions = self.positions(name)
+            self.boxes[name] = [judge.detect(frames[p]) for p in positions]
+        self.face_boxes = self._face_boxes()
+        self.identity_faces, self.identity_note = self._identity_faces()
+
+    def positions(self, name: str) -> list[int]:
+        return self.cnn_positions if name == "dlib_cnn" else list(range(len(self.frames)))
+
+    def _face_boxes(self) -> list[list[Box]]:
+        for name in FACE_BOX_SOURCES:
+            if self.boxes.get(name) is not None and len(self.boxes[name]) == len(self.frames):
+                return self.boxes[name]
+        return [[] for _ in self.frames]
+
+    def _identity_faces(self):
+        """Per sampled frame: (largest dlib HOG face, its embedding) or None."""
+        hog = self.boxes.get("dlib_hog")
+        if hog is None:
+            return [None] * len(self.frames), self.notes.get("dlib_hog", "dlib HOG unavailable")
+        try:
+            model = embedder()
+        except EvaluationError as exc:
+            return [None] * len(self.frames), str(exc)
+        faces = []
+        for frame, boxes in zip(self.frames, hog):
+            box = max(boxes, key=lambda b: b.area) if boxes else None
+            faces.append(None if box is None else (box, model.embed(frame, box)))
+        return faces, None
+
+
+def _rate(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def _detection(originals: _Originals, protected: list[np.ndarray], scale: tuple[float, float]) -> dict:
+    result = {}
+    for name in DETECTOR_ORDER:
+        if name not in originals.boxes:
+            continue
+        entry: dict = {"white_box": DETECTORS[name].white_box}
+        original_boxes = originals.boxes[name]
+        if original_boxes is None:
+            result[name] = entry | {"original_rate": None, "protected_rate": None, "protection": None,
+                                    "frames": 0, "note": originals.notes[name]}
+            continue
+        judge = detector(name)
+        positions = originals.positions(name)
+        found_original = found_protected = 0
+        for position, boxes in zip(positions, original_boxes):
+            if not boxes:
+                continue
+            found_original += 1
+            # Boxes in the protected frame are mapped to the original's pixel grid before comparing.
+            candidates = [b.scaled(*scale) for b in judge.detect(protected[position])]
+            if any(best_match(box, candidates) is not None for box in boxes):
+                found_protected += 1
+        original_rate = _rate(found_original, len(positions))
+        protected_rate = _rate(found_protected, len(positions))
+        protection = (1 - protected_rate / original_rate) if original_rate else None
+        result[name] = entry | {"original_rate": original_rate, "protected_rate": protected_rate,
+                                "protection": protection, "frames": len(positions)}
+    return result
+
+
+def _identity(originals: _Originals, protected: list[np.ndarray], scale: tuple[float, float]) -> dict:
+    faces = originals.identity_faces
+    counted = sum(face is not None for face in faces)
+    if originals.identity_note or not counted:
+        return {"match_rate": None, "mean_distance": None, "frames": counted,
+                "note": originals.identity_note or "dlib HOG found no face in the sampled original frames"}
+    hog, model = detector("dlib_hog"), embedder()
+    matches, distances = 0, []
+    for face, frame in zip(faces, protected):
+        if face is None:
+            continue
+        box, reference = face
+        found = best_match(box, [b.scaled(*scale) for b in hog.detect(frame)])
+        if found is None:
+            continue   # no face found: the frame counts as protected
+        # Embed in the protected frame's own pixels: that is what a face search would do.
+        distance = float(np.linalg.norm(model.embed(frame, found.scaled(1 / scale[0], 1 / scale[1])) - reference))
+        distances.append(distance)
+        matches += distance < MATCH_DISTANCE
+    return {"match_rate": matches / counted, "mean_distance": float(np.mean(distances)) if distances else None,
+            "frames": counted, "faces_found": len(distances)}
+
+
+def _resize_to(frames: list[np.ndarray], width: int, height: int) -> list[np.ndarray]:
+    import cv2
+    return [f if f.shape[:2] == (height, width) else cv2.resize(f, (width, height), interpolation=cv2.INTER_CUBIC)
+            for f in frames]
+
+
+def _score_video(original, original_info, variant, originals: _Originals, indices: list[int],
+                 ffmpeg: str, threads: int) -> dict:
+    info = probe(variant, ffmpeg)
+    frames = read_frames(variant, matching_indices(indices, original_info.frame_count, info.frame_count),
+                         info, ffmpeg, threads)
+    scale = (original_info.width / info.width, original_info.height / info.height)
+    quality = video_quality(original, variant, original_info, ffmpeg=ffmpeg, threads=threads)
+    quality["face_ssim"] = face_ssim(originals.frames, _resize_to(frames, original_info.width,
+                                                                  original_info.height), originals.face_boxes)
+    return {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
+            "quality": quality, "size": [info.width, info.height]}
+
+
+def _speaker(original_embedding, protected_embedding, references) -> dict:
+    if original_embedding is None or protected_embedding is None:
+        return {"similarity": None, "threshold": MATCH_THRESHOLD, "match": None,
+                "note": "too little speech to embed (1.6 s of voiced audio at least)"}
+    value = similarity(original_embedding, protected_embedding)
+    result = {"similarity": value, "threshold": MATCH_THRESHOLD, "match": value >= MATCH_THRESHOLD}
+    if references:
+        result["enrollment_similarity"] = float(np.mean([similarity(protected_embedding, r) for r in references]))
+        result["original_enrollment_similarity"] = float(np.mean([similarity(original_embedding, r)
+                                                                  for r in references]))
+        result["enrollment_match"] = result["enrollment_similarity"] >= MATCH_THRESHOLD
+    return result
+
+
+def _score_audio(original, protected, reencoded, speech_reference, ffmpeg) -> dict | None:
+    reference = read_audio(original, RATE, ffmpeg)
+    delivered = read_audio(protected, RATE, ffmpeg)
+    if reference is None or delivered is None:
+        return None
+    result: dict = {"quality": audio_quality(reference, delivered)}
+    try:
+        speaker_encoder = encoder()
+    except EvaluationError as exc:
+        result["speaker"] = {"similarity": None, "threshold": MATCH_THRESHOLD, "match": None, "note": str(exc)}
+        return result
+    references = enrollment_embeddings(speech_reference, ffmpeg) if speech_reference else []
+    original_embedding = speaker_encoder.embed(reference)
+    result["speaker"] = _speaker(original_embedding, speaker_encoder.embed(delivered), references)
+    if reencoded is not None:
+        after = read_audio(reencoded, RATE, ffmpeg)
+        if after is not None:
+            result["reencoded"] = {"speaker": _speaker(original_embedding, speaker_encoder.embed(after), references)}
+    return result
+
+
+def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_frames: int = DEFAULT_CNN_FRAMES,
+                  speech_reference=None, reencode: bool = True, detectors=DETECTOR_ORDER,
+                  ffmpeg: str | None = None, threads: int = 2) -> dict:
+    """Every figure of DESIGN §5 for ``protected`` against ``original`` (see the module docstring).
+
+    ``frames``: frames sampled evenly (0: all); ``cnn_frames``: the even subset dlib's CNN sees (0: the
+    same frames as the others); ``speech_reference``: a folder of clean utterances of the same speaker;
+    ``reencode``: also score the platform re-encode. Raises :class:`EvaluationError` on unusable input.
+    """
+    started = time.monotonic()
+    original = require_file(original, "the original")
+    protected = require_file(protected, "the protected video")
+    if speech_reference is not None and not Path(speech_reference).is_dir():
+        raise EvaluationError(f"the speech reference {speech_reference} is not a folder.")
+    ffmpeg = find_ffmpeg(ffmpeg)
+    original_info = probe(original, ffmpeg)
+    indices = even_indices(original_info.frame_count, frames)
+    cnn_count = len(indices) if cnn_frames <= 0 else min(cnn_frames, len(indices))
+    cnn_positions = even_indices(len(indices), cnn_count)
+    originals = _Originals(read_frames(original, indices, original_info, ffmpeg, threads), cnn_positions,
+                           [name for name in DETECTOR_ORDER if name in detectors])
+
+    result: dict = {"original": str(original), "protected": str(protected), "frames_evaluated": len(indices),
+                    "frames_evaluated_dlib_cnn": len(cnn_positions) if "dlib_cnn" in detectors else 0,
+                    "video": {"delivered": _score_video(original, original_info, protected, originals, indices,
+                                                        ffmpeg, threads)}}
+    with tempfile.TemporaryDirectory(prefix="media_cleaner_eval_") as work:
+        reencoded = None
+        if reencode:
+            reencoded = platform_reencode(protected, Path(work) / "reencoded.mp4", ffmpeg, threads)
+            result["video"]["reencoded"] = _score_video(original, original_info, reencoded, originals, indices,
+                                                        ffmpeg, threads)
+            result["reencode_command"] = shlex.join(reencode_command(protected, "reencoded.mp4", "ffmpeg", threads))
+        result["audio"] = _score_audio(original, protected, reencoded, speech_reference, ffmpeg)
+    result["white_box"] = ["mtcnn", "resemblyzer"]
+    result["seconds"] = round(time.monotonic() - started, 1)
+    result["command"] = evaluate_command(original, protected, frames, cnn_frames, speech_reference, reencode)
+    return result
+
+
+# --- the readable table ------------------------------------------------------------------------------
+
+def _fmt(value, digits: int = 2, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    if percent:
+        return f"{100 * value:.0f} %"
+    return f"{value:.{digits}f}"
+
+
+def format_table(result: dict) -> str:
+    """The figures of :func:`evaluate_pair` as a plain-text table, ending with the command that made them."""
+    variants = [name for name in ("delivered", "reencoded") if name in result["video"]]
+    lines = [f"original : {result['original']}", f"protected: {result['protected']}",
+             (f"frames   : {result['frames_evaluated']} sampled evenly "
+              f"(dlib_cnn on {result['frames_evaluated_dlib_cnn']} of them)"), ""]
+    header = f"{'figure':<34}" + "".join(f"{name:>14}" for name in variants)
+    lines += [header, "-" * len(header)]
+
+    def row(label, getter, **fmt):
+        cells = []
+        for name in variants:
+            try:
+                cells.append(_fmt(getter(result["video"][name]), **fmt))
+            except (KeyError, TypeError):
+                cells.append("–")
+        lines.append(f"{label:<34}" + "".join(f"{cell:>14}" for cell in cells))
+
+    for name in DETECTOR_ORDER:
+        if name not in result["video"]["delivered"]["detection"]:
+            continue
+        tag = f"{name}{' (white box)' if DETECTORS[name].white_box else ''}"
+        row(f"{tag}: found in original", lambda v, n=name: v["detection"][n]["original_rate"], percent=True)
+        row(f"{tag}: found in protected", lambda v, n=name: v["detection"][n]["protected_rate"], percent=True)
+        row(f"{tag}: protection", lambda v, n=name: v["detection"][n]["protection"], percent=True)
+    row("identity: dlib match rate", lambda v: v["identity"]["match_rate"], percent=True)
+    row("identity: mean distance (<0.6 match)", lambda v: v["identity"]["mean_distance"])
+    row("PSNR (luma, dB)", lambda v: v["quality"]["psnr"])
+    row("SSIM (luma)", lambda v: v["quality"]["ssim"], digits=4)
+    row("face SSIM", lambda v: v["quality"]["face_ssim"], digits=4)
+    row("VMAF", lambda v: v["quality"]["vmaf"], digits=1)
+    audio = result.get("audio")
+    lines.append("")
+    if audio is None:
+        lines.append("audio: none (one of the files has no sound)")
+    else:
+        speaker, quality = audio["speaker"], audio["quality"]
+        after = audio.get("reencoded", {}).get("speaker", {})
+        lines.append(f"speaker similarity (Resemblyzer, white box): {_fmt(speaker['similarity'], 3)} "
+                     f"(match ≥ {speaker['threshold']}: {_fmt(speaker['match'])}); after re-encode "
+                     f"{_fmt(after.get('similarity'), 3)}")
+        if "enrollment_similarity" in speaker:
+            lines.append(f"similarity to the speaker's other speech: {_fmt(speaker['enrollment_similarity'], 3)}"
+                         f" (original: {_fmt(speaker['original_enrollment_similarity'], 3)})")
+        lines.append(f"audio quality: SNR {_fmt(quality['snr_db'], 1)} dB, PESQ-WB {_fmt(quality['pesq'])}, "
+                     f"STOI {_fmt(quality['stoi'], 3)}")
+    lines += ["", f"took {result['seconds']} s; reproduce with:", f"  {result['command']}"]
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""The models that score protection: face detectors and dlib's face embedding.
+
+Black-box judges (the protection never sees them): OpenCV's Haar frontal cascade, dlib's HOG detector,
+dlib's CNN (mmod) detector and dlib's 128-D ResNet face embedding. White-box surrogate (the face cloak
+attacks it, so its figure is an upper bound): MTCNN from facenet-pytorch. None of these is ever used to
+compute a perturbation.
+
+Every detector answers the same question the same way: ``detect(rgb) -> list[Box]`` with boxes in the
+frame's pixel coordinates. Models load lazily, once per process, from the files their packages ship
+(no download at run time). A missing optional package raises :class:`EvaluationError` naming what to
+install.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import EvaluationError
+
+INSTALL_HINT = "install the evaluation requirements: .venv/bin/pip install -r requirements-eval.txt"
+# The face_recognition library's default: two faces closer than this are the same person.
+MATCH_DISTANCE = 0.6
+# A protected-frame face is "the face the detector found in the original" when the boxes overlap this much.
+IOU_MATCH = 0.3
+# dlib's CNN costs seconds per large frame on a CPU: it sees frames shrunk to at most this shorter side.
+CNN_MAX_SIDE = 480
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
+
+    def iou(self, other: Box) -> float:
+        inter = Box(max(self.x0, other.x0), max(self.y0, other.y0),
+                    min(self.x1, other.x1), min(self.y1, other.y1)).area
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+    def scaled(self, sx: float, sy: float) -> Box:
+        return Box(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy)
+
+    def clipped(self, width: int, height: int) -> Box:
+        return Box(max(0.0, self.x0), max(0.0, self.y0), min(float(width), self.x1), min(float(height), self.y1))
+
+
+def best_match(box: Box, candidates: list[Box]) -> Box | None:
+    """The candidate that overlaps ``box`` most, if it overlaps at least :data:`IOU_MATCH`."""
+    scored = [(box.iou(c), c) for c in candidates]
+    if not scored:
+        return None
+    iou, chosen = max(scored, key=lambda pair: pair[0])
+    return chosen if iou >= IOU_MATCH else None
+
+
+def _require(module: str, package: str):
+    if importlib.util.find_spec(module) is None:
+        raise EvaluationError(f"the {package} package is missing; {INSTALL_HINT}")
+    return importlib.import_module(module)
+
+
+def dlib_model(name: str) -> str:
+    """Path of a model file shipped by ``face_recognition_models`` (found without importing it: its
+    ``__init__`` imports pkg_resources, which is deprecated)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise EvaluationError(f"the face_recognition_models package is missing; {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.is_file():
+        raise EvaluationError(f"dlib model file {name} is missing from face_recognition_models; {INSTALL_HINT}")
+    return str(path)
+
+
+class FaceDetector:
+    """A face detector: ``detect(rgb)`` → boxes. ``white_box`` marks a surrogate the attack optimises against."""
+
+    name = ""
+    white_box = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()   # the models are not documented as thread-safe
+
+    def detect(self, rgb: np.ndarray) -> list[Box]:
+        with self._lock:
+            return self._detect(np.ascontiguousarray(rgb))
+
+    def _detect(self, rgb: np.ndarray) -> list[Box]:
+        raise NotImplementedError
+
+
+class HaarDetector(FaceDetector):
+    """OpenCV's frontal-face Haar cascade (the XML ships with opencv-python < 5)."""
+
+    name = "haar"
+
+    def __init__(self) -> None:
+        super().__init__()
+        import cv2
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        if not path.is_file():
+            raise EvaluationError("OpenCV's Haar cascade file is missing (opencv 5 dropped it); "
+                                  f"{INSTALL_HINT}")
+        self._cv2 = cv2
+        self._cascade = cv2.CascadeClassifier(str(path))
+
+    def _detect(self, rgb):
+        gray = self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY)
+        side = min(gray.shape)
+        # Faces smaller than a tenth of the frame are not what a talking-head video is about.
+        minimum = max(24, side // 10)
+        found = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(minimum, minimum))
+        return [Box(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in found]
+
+
+def _upsample(rgb: np.ndarray) -> int:
+    # dlib's HOG detector finds faces from about 80 px up: small frames get one upsampling, as
+    # face_recognition does by default; large ones would only get slower.
+    return 1 if min(rgb.shape[:2]) < 400 else 0
+
+
+class DlibHogDetector(FaceDetector):
+    name = "dlib_hog"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._detector = _require("dlib", "dlib-bin").get_frontal_face_detector()
+
+    def _detect(self, rgb):
+        return [Box(r.left(), r.top(), r.right(), r.bottom()) for r in self._detector(rgb, _upsample(rgb))]
+
+
+class DlibCnnDetector(FaceDetector):
+    name = "dlib_cnn"
+
+    def __init__(self) -> None:
+        super().__init__()
+        dlib = _require("dlib", "dlib-bin")
+        self._detector = dlib.cnn_face_detection_model_v1(dlib_model("mmod_human_face_detector.dat"))
+
+    def _detect(self, rgb):
+        import cv2
+        height, width = rgb.shape[:2]
+        scale = min(1.0, CNN_MAX_SIDE / min(height, width))
+        small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)),
+                                                    interpolation=cv2.INTER_AREA)
+        # No upsampling: the mmod model finds faces from about 80 px (talking heads have larger ones), and
+        # doubling the frame would quadruple a cost that is already the evaluation's largest.
+        found = self._detector(small, 0)
+        return [Box(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()).scaled(1 / scale, 1 / scale)
+                for d in found]
+
+
+class MtcnnDetector(FaceDetector):
+    """facenet-pytorch's MTCNN: the surrogate the face cloak attacks (white box)."""
+
+    name = "mtcnn"
+    white_box = True
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__()
+        facenet = _require("facenet_pytorch", "facenet-pytorch")
+        # Weights ship inside facenet-pytorch (no download).
+        self._mtcnn = facenet.MTCNN(keep_all=True, device=device)
+
+    def _detect(self, rgb):
+        import torch
+        with torch.no_grad():
+            boxes, _ = self._mtcnn.detect(rgb)
+        return [] if boxes is None else [Box(*map(float, b)) for b in boxes]
+
+
+DETECTORS = {"mtcnn": MtcnnDetector, "haar": HaarDetector, "dlib_hog": DlibHogDetector,
+             "dlib_cnn": DlibCnnDetector}
+
+
+@functools.cache
+def detector(name: str) -> FaceDetector:
+    """The detector called ``name`` (one of :data:`DETECTORS`), loaded once per process."""
+    return DETECTORS[name]()
+
+
+class FaceEmbedder:
+    """dlib's 128-D ResNet face descriptor (the face_recognition model): distance < 0.6 is the same person."""
+
+    def __init__(self) -> None:
+        dlib = _require("dlib", "dlib-bin")
+        self._shape = dlib.shape_predictor(dlib_model("shape_predictor_5_face_landmarks.dat"))
+        self._net = dlib.face_recognition_model_v1(dlib_model("dlib_face_recognition_resnet_model_v1.dat"))
+        self._dlib = dlib
+        self._lock = threading.Lock()
+
+    def embed(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+        rect = self._dlib.rectangle(int(box.x0), int(box.y0), int(box.x1), int(box.y1))
+        with self._lock:
+            rgb = np.ascontiguousarray(rgb)
+            shape = self._shape(rgb, rect)
+            return np.array(self._net.compute_face_descriptor(rgb, shape, 1))
+
+
+@functools.cache
+def embedder() -> FaceEmbedder:
+    return FaceEmbedder()

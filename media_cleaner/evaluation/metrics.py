@@ -1,0 +1,165 @@
+"""Picture and sound quality: how much the protection costs the viewer and the listener.
+
+Video: PSNR and SSIM on luma over all frames and VMAF, from one ffmpeg run (its psnr, ssim and libvmaf
+filters); SSIM inside the original face boxes on the sampled frames, where a perturbation is most visible.
+A distorted video of another size (the platform re-encode) is scaled back to the reference size first, as
+VMAF's own method prescribes. Audio: SNR, PESQ (ITU-T P.862.2 wide band, 16 kHz) and STOI.
+"""
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+
+import numpy as np
+
+from ..ffmpeg_bin import error_reason, find_ffmpeg
+from ..probe import MediaInfo
+from . import EvaluationError
+from .judges import Box
+from .media import luma
+
+AUDIO_RATE = 16000
+# PESQ and STOI are defined on utterances; a long soundtrack is scored on its first two minutes.
+MAX_AUDIO_SECONDS = 120.0
+# The protected sound may be shifted by an encoder's priming; it is realigned within this lag.
+MAX_AUDIO_LAG_S = 0.1
+
+_PSNR = re.compile(r"PSNR y:(inf|[\d.]+)")
+_SSIM = re.compile(r"SSIM Y:([\d.]+)")
+_VMAF = re.compile(r"VMAF score: ([\d.]+)")
+
+
+def has_libvmaf(ffmpeg: str | None = None) -> bool:
+    result = subprocess.run([find_ffmpeg(ffmpeg), "-hide_banner", "-filters"], capture_output=True, check=False)
+    return b" libvmaf " in result.stdout
+
+
+def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, vmaf: bool = True,
+                  ffmpeg: str | None = None, threads: int = 2, cancel=None) -> dict:
+    """``{"psnr", "ssim", "vmaf"}`` of ``distorted`` against ``reference`` over all frames (luma).
+
+    PSNR is ffmpeg's: from the mean squared error averaged over frames (inf when every frame is identical).
+    ``vmaf`` is None when the ffmpeg in use lacks libvmaf.
+    """
+    executable = find_ffmpeg(ffmpeg)
+    vmaf = vmaf and has_libvmaf(ffmpeg)
+    width, height = reference_info.width, reference_info.height
+    outputs = 3 if vmaf else 2
+    labels = "".join(f"[d{i}]" for i in range(outputs)), "".join(f"[r{i}]" for i in range(outputs))
+    graph = (f"[1:V:0]scale={width}:{height}:flags=bicubic,format=yuv420p,setpts=PTS-STARTPTS,"
+             f"split={outputs}{labels[0]};"
+             f"[0:V:0]format=yuv420p,setpts=PTS-STARTPTS,split={outputs}{labels[1]};"
+             "[d0][r0]psnr[p];[d1][r1]ssim[s]")
+    maps = ["-map", "[p]", "-map", "[s]"]
+    if vmaf:
+        # libvmaf takes the distorted picture first, the reference second.
+        graph += f";[d2][r2]libvmaf=n_threads={threads}[v]"
+        maps += ["-map", "[v]"]
+    args = [executable, "-hide_banner", "-nostdin", "-nostats", "-threads", str(threads),
+            "-i", str(reference), "-i", str(distorted), "-filter_complex", graph, *maps, "-f", "null", "-"]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if cancel is not None:
+        cancel.register(process)
+    try:
+        _, err = process.communicate()
+    finally:
+        if cancel is not None:
+            cancel.unregister(process)
+    log = err.decode("utf-8", "replace")
+    if process.returncode != 0:
+        raise EvaluationError(f"ffmpeg could not compare the videos: {error_reason(log)}")
+    psnr, ssim, score = _PSNR.findall(log), _SSIM.findall(log), _VMAF.findall(log)
+    if not psnr or not ssim:
+        raise EvaluationError("ffmpeg compared the videos but printed no PSNR/SSIM (no frames in common?)")
+    return {"psnr": math.inf if psnr[-1] == "inf" else float(psnr[-1]), "ssim": float(ssim[-1]),
+            "vmaf": float(score[-1]) if score else None}
+
+
+def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Luma PSNR of two RGB frames of the same size (inf when identical)."""
+    mse = float(np.mean((luma(a) - luma(b)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def frame_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Luma SSIM of two RGB frames (or crops) of the same size, scikit-image's Gaussian-free default."""
+    from skimage.metrics import structural_similarity
+    ya, yb = luma(a), luma(b)
+    side = min(ya.shape)
+    window = min(7, side if side % 2 else side - 1)
+    if window < 3:
+        return 1.0 if np.array_equal(ya, yb) else 0.0
+    return float(structural_similarity(ya, yb, data_range=255.0, win_size=window))
+
+
+def face_ssim(originals: list[np.ndarray], protected: list[np.ndarray], boxes: list[list[Box]]) -> float | None:
+    """Mean luma SSIM inside the original frames' face boxes; None when no face was found anywhere."""
+    scores = []
+    for original, changed, frame_boxes in zip(originals, protected, boxes):
+        height, width = original.shape[:2]
+        for box in frame_boxes:
+            b = box.clipped(width, height)
+            x0, y0, x1, y1 = int(b.x0), int(b.y0), int(math.ceil(b.x1)), int(math.ceil(b.y1))
+            if x1 - x0 >= 8 and y1 - y0 >= 8:
+                scores.append(frame_ssim(original[y0:y1, x0:x1], changed[y0:y1, x0:x1]))
+    return float(np.mean(scores)) if scores else None
+
+
+# --- sound ---------------------------------------------------------------------------------------------
+
+def align(reference: np.ndarray, degraded: np.ndarray, rate: int = AUDIO_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """Both signals cut to their common part after undoing a small delay of ``degraded`` (cross-correlation)."""
+    max_lag = int(MAX_AUDIO_LAG_S * rate)
+    window = min(len(reference), len(degraded), 10 * rate)
+    lag = 0
+    if window > 4 * max_lag:
+        a, b = reference[:window], degraded[:window]
+        size = 1 << int(math.ceil(math.log2(2 * window)))
+        corr = np.fft.irfft(np.fft.rfft(b, size) * np.conj(np.fft.rfft(a, size)), size)
+        candidates = np.concatenate([corr[:max_lag + 1], corr[-max_lag:]])
+        lags = np.concatenate([np.arange(max_lag + 1), np.arange(-max_lag, 0)])
+        if np.max(np.abs(candidates)) > 0:
+            lag = int(lags[int(np.argmax(candidates))])
+    if lag > 0:
+        degraded = degraded[lag:]
+    elif lag < 0:
+        reference = reference[-lag:]
+    length = min(len(reference), len(degraded))
+    return reference[:length], degraded[:length]
+
+
+def snr_db(reference: np.ndarray, degraded: np.ndarray) -> float:
+    """Signal-to-noise ratio of ``degraded`` against ``reference`` in dB (inf when identical)."""
+    noise = float(np.sum((reference.astype(np.float64) - degraded) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def audio_quality(reference: np.ndarray, degraded: np.ndarray, rate: int = AUDIO_RATE) -> dict:
+    """``{"snr_db", "pesq", "stoi"}`` of two mono 16 kHz signals; a figure that cannot be computed
+    (no speech for PESQ, too short for STOI) is None with the reason under ``notes``."""
+    reference, degraded = align(reference, degraded, rate)
+    limit = int(MAX_AUDIO_SECONDS * rate)
+    reference, degraded = reference[:limit], degraded[:limit]
+    result: dict = {"snr_db": snr_db(reference, degraded), "pesq": None, "stoi": None}
+    notes = []
+    try:
+        from pesq import pesq
+        result["pesq"] = float(pesq(rate, reference, degraded, "wb"))
+    except ImportError:
+        notes.append("pesq: package missing")
+    except Exception as exc:   # the pesq package raises its own errors for silence and too-short audio
+        notes.append(f"pesq: {type(exc).__name__}: {exc}".strip(": "))
+    try:
+        from pystoi import stoi
+        result["stoi"] = float(stoi(reference, degraded, rate, extended=False))
+    except ImportError:
+        notes.append("stoi: package missing")
+    except Exception as exc:
+        notes.append(f"stoi: {type(exc).__name__}: {exc}")
+    if notes:
+        result["notes"] = notes
+    return result
