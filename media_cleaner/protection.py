@@ -9,6 +9,7 @@ pass-through implementations give the media back unchanged.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
@@ -95,6 +96,24 @@ class Protectors:
     audio: AudioProtector | None   # None: keep the original sound (audio_level "none")
 
 
+_import_lock = threading.Lock()
+
+
+def import_model_packages() -> None:
+    """Import torch and the model packages once, under one lock.
+
+    The engines, the task report and the start-up warm-up import them lazily from different threads, and two
+    threads importing torchvision at once can see it half-initialised ("cannot import name … from partially
+    initialized module 'torchvision.ops'"). After the first call this is a cheap no-op.
+    """
+    with _import_lock:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+        import facenet_pytorch  # noqa: F401
+        import resemblyzer  # noqa: F401
+        from . import face_cloak, voice_mask  # noqa: F401
+
+
 def torch_device() -> str:
     """Where the engines run: "cuda" when a GPU is usable, else "cpu"."""
     import torch   # imported here: the service starts (and the pass-through runs) without loading torch
@@ -107,6 +126,7 @@ def build_protectors(params: ProtectionParams, *, device: str | None = None, thr
     ``device`` is where torch work runs (None: :func:`torch_device`), ``threads`` the worker's share of
     the cores.
     """
+    import_model_packages()
     audio = None   # "none": the pipeline copies the original sound stream
     if params.audio_level != "none":
         from .voice_mask import VoiceMask   # imported here: torch and the encoder load only for a task
@@ -121,6 +141,7 @@ def warm_up_engines() -> None:
 
     The service calls this once at start-up, in a background thread.
     """
+    import_model_packages()
     from .voice_mask.engine import warm_up as warm_up_voice_mask
     warm_up_voice_mask(torch_device())
     from .face_cloak.engine import warm_up as warm_up_face_cloak

@@ -50,9 +50,9 @@ class Server:
         return self
 
     def get(self, path: str) -> dict:
-        return httpx.get(self.url + path, timeout=10).json()
+        return httpx.get(self.url + path, timeout=30).json()
 
-    def wait_status(self, task_id: str, predicate, timeout: float = 120) -> dict:
+    def wait_status(self, task_id: str, predicate, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             task = self.get(f"/status/{task_id}")

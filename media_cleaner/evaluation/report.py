@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ffmpeg_bin import find_ffmpeg
+from ..protection import import_model_packages
 from . import EvaluationError, json_safe
 from .evaluate import _detection, _Originals
 from .media import even_indices, luma, probe, read_audio, read_frames_at
@@ -37,6 +38,7 @@ def warm_up() -> None:
     """Load the report's models (MTCNN, the speaker encoder) ahead of the first task; missing ones are skipped.
 
     Loading them cold costs far more than measuring (imports of torch and the weights)."""
+    import_model_packages()
     from .judges import detector
     from .voice import encoder
     for load in (lambda: detector("mtcnn"), encoder):
@@ -125,6 +127,7 @@ def build_task_report(input_path: str | Path, output_path: str | Path, preview_p
     in the report instead of failing the task.
     """
     started = time.monotonic()
+    import_model_packages()   # not concurrently with the engines' own imports (see there)
     ffmpeg = find_ffmpeg(ffmpeg)
     original_info, protected_info = probe(input_path, ffmpeg), probe(output_path, ffmpeg)
     times = _times(original_info, SAMPLE_FRAMES)
