@@ -146,3 +146,40 @@ def test_cancel_stops_in_the_middle_of_an_attack(tmp_path, astronaut):
     assert time.monotonic() - cancelled_at[0] < 1.5
     assert cloak.keyframes == 1
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_ssim_map_matches_the_judges_ssim(astronaut):
+    from skimage.metrics import structural_similarity
+    from media_cleaner.face_cloak.losses import ssim_map
+    luma = astronaut[..., 0].astype(np.float64)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(luma + rng.normal(0, 6, luma.shape), 0, 255)
+    expected = structural_similarity(luma, noisy, data_range=255.0, win_size=7)
+    as_tensor = lambda x: torch.from_numpy(x / 127.5 - 1)[None, None].float()   # noqa: E731
+    ours = ssim_map(as_tensor(luma), as_tensor(noisy))[..., 3:-3, 3:-3].mean().item()   # skimage crops edges
+    assert ours == pytest.approx(expected, abs=2e-3)
+
+
+def test_visibility_floor_holds_and_loosens_with_the_budget(astronaut):
+    from media_cleaner.face_cloak.losses import structural_dissimilarity
+    torch.set_num_threads(1)
+    surrogate = load_surrogate()
+    face = surrogate.detect(astronaut)[0]
+    crop = _Crop.around(face.box, QUICK)
+    scale = QUICK.crop_side / crop.side
+    box = torch.tensor([[(face.box[0] - crop.x0) * scale, (face.box[1] - crop.y0) * scale,
+                         (face.box[2] - crop.x0) * scale, (face.box[3] - crop.y0) * scale]])
+    image = torch.from_numpy(crop.cut(astronaut, QUICK.crop_side)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    mask = face_mask(QUICK.crop_side, QUICK.crop_side, box)
+
+    def dissimilarity(floor):
+        torch.manual_seed(0)
+        delta = CloakPGD(surrogate, epsilon=0.2, steps=4, eot_samples=1, max_dissimilarity=floor)(
+            image, box, mask).delta_rgb
+        return structural_dissimilarity(image, (image + delta).clamp(-1, 1), mask).item()
+
+    free = dissimilarity(None)
+    assert free > 0.01                          # without the floor the attack does spend more than that
+    assert dissimilarity(0.01) <= 0.01 * 1.001
+    floors = [FaceCloak.allowed_dissimilarity(e, CloakConfig()) for e in (0.04, 0.08, 0.12, 0.2, 0.4)]
+    assert floors == sorted(floors) and len(set(floors)) == len(floors)   # stronger settings: looser floor

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .losses import CloakLoss, perceptual_penalty
+from .losses import CloakLoss, perceptual_penalty, structural_dissimilarity
 from .masks import perceptual_budget, ycbcr_to_rgb
 from .surrogate import MTCNNSurrogate
 from .transforms import RandomPipeline
@@ -58,7 +58,7 @@ class CloakPGD(Attack):
     """Projected gradient descent under a perceptual L∞ budget, with expectation over transformations.
 
     Follows Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (ICLR 2018), with
-    three departures that trade saturation for invisibility:
+    four departures that trade saturation for invisibility:
 
     - the variable is the perturbation in YCbCr, projected onto per-pixel caps (:func:`.masks.perceptual_budget`:
       face mask, texture masking, chroma at a fraction of luma), then onto the user's RGB cap
@@ -66,7 +66,14 @@ class CloakPGD(Attack):
     - the step is the gradient normalised by its RMS (not its sign), so pixels move in proportion to how
       much they matter and the cap is rarely reached, plus a perceptual penalty that pulls unused change back;
     - the loss is averaged over ``eot_samples`` random journeys through :class:`.transforms.RandomPipeline`
-      (codec, resampling, blur, input diversity), so what survives is what the detectors downstream see.
+      (codec, resampling, blur, input diversity), so what survives is what the detectors downstream see;
+    - a visibility floor: after every step, a crop whose face-region luma dissimilarity (1 − SSIM,
+      :func:`.losses.structural_dissimilarity`) exceeds ``max_dissimilarity`` has its perturbation scaled down
+      onto it (for small changes 1 − SSIM grows with the square of the perturbation, so one rescale by
+      √(allowed / measured) lands near the floor; up to three more passes absorb where the RGB cap clips), and the returned perturbation
+      is the best one seen (lowest detection loss) among those that respected it. The floor, not the L∞
+      cap, is what keeps a close-up face from looking mottled: SSIM divides a change by the contrast the
+      face already has there.
 
     Distance measure: L∞ (in the [-1, 1] pixel range).
 
@@ -81,6 +88,10 @@ class CloakPGD(Attack):
         transform (nn.Module): the random journey. Default: ``RandomPipeline()``.
         chroma_ratio (float): Cb/Cr caps as a share of the luma cap. Default: 0.3.
         texture_floor (float): luma cap on flat regions as a share of ``epsilon``. Default: 0.35.
+        max_dissimilarity (float | None): the visibility floor, the largest 1 − SSIM allowed inside the
+            face (pre-codec, luma, 7 × 7 window); None: no floor. Default: None.
+        structural (float): weight of the face dissimilarity (divided by ``max_dissimilarity``) in the loss,
+            so unused change is pulled back before the floor has to push. Default: 0.3.
         should_stop (callable | None): polled between steps; True abandons the run. Default: None.
 
     Shapes:
@@ -94,9 +105,10 @@ class CloakPGD(Attack):
 
     def __init__(self, model: MTCNNSurrogate, epsilon: float = 0.12, steps: int = 20, step_size: float = 0.6,
                  eot_samples: int = 2, loss: CloakLoss | None = None, transform: nn.Module | None = None,
-                 chroma_ratio: float = 0.3, texture_floor: float = 0.35,
-                 should_stop: Callable[[], bool] | None = None):
+                 chroma_ratio: float = 0.3, texture_floor: float = 0.35, max_dissimilarity: float | None = None,
+                 structural: float = 0.3, should_stop: Callable[[], bool] | None = None):
         super().__init__(model, should_stop)
+        self.max_dissimilarity, self.structural = max_dissimilarity, structural
         self.epsilon, self.steps, self.step_size, self.eot_samples = epsilon, steps, step_size, eot_samples
         self.loss = loss or CloakLoss()
         self.transform = transform or RandomPipeline()
@@ -105,7 +117,26 @@ class CloakPGD(Attack):
     def _parameters(self) -> dict:
         return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
                 "eot_samples": self.eot_samples, "loss": self.loss, "chroma_ratio": self.chroma_ratio,
-                "texture_floor": self.texture_floor}
+                "texture_floor": self.texture_floor, "max_dissimilarity": self.max_dissimilarity,
+                "structural": self.structural}
+
+    def _adversarial(self, images: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        return (images + ycbcr_to_rgb(delta).clamp(-cap, cap)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def _onto_floor(self, images: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """Scale each crop's ``delta`` down until its face dissimilarity is at most ``max_dissimilarity``."""
+        if self.max_dissimilarity is None:
+            return delta
+        for _ in range(4):
+            measured = structural_dissimilarity(images, self._adversarial(images, delta, cap), mask)
+            # 0.98: land just inside the floor, so that rounding to uint8 does not push it back out.
+            shrink = (0.98 * self.max_dissimilarity / measured.clamp(min=1e-12)).sqrt().clamp(max=1.0)
+            if bool((shrink >= 1.0).all()):
+                break
+            delta = delta * shrink.view(-1, 1, 1, 1)
+        return delta
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
                  init: torch.Tensor | None = None) -> AttackResult:
@@ -116,27 +147,39 @@ class CloakPGD(Attack):
             clean_landmarks = self.model.stage_outputs(images, boxes).landmarks
         delta = torch.zeros_like(images) if init is None else torch.maximum(torch.minimum(init.to(images), budget),
                                                                             -budget)
+        delta = self._onto_floor(images, delta, cap, mask)
         detection = torch.zeros(images.shape[0], device=self.device)
         batch = images.shape[0]
+        best_delta, best_detection = delta.clone(), torch.full((batch,), float("inf"), device=self.device)
         taken = 0
         for step in range(self.steps):
             if self.should_stop():
                 break
             delta.requires_grad_(True)
-            adversarial = (images + ycbcr_to_rgb(delta).clamp(-cap, cap)).clamp(-1, 1)
+            adversarial = self._adversarial(images, delta, cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
             outputs = self.model.stage_outputs(torch.cat([image for image, _ in journeys]),
                                                torch.cat([box for _, box in journeys]))
             per_sample = self.loss.detection(outputs, clean_landmarks.repeat(self.eot_samples, 1, 1))
             detection = per_sample.view(self.eot_samples, batch).mean(dim=0)
             total = detection + self.loss.perceptual * perceptual_penalty(delta, budget)
+            if self.max_dissimilarity is not None and self.structural > 0:
+                total = total + self.structural * structural_dissimilarity(images, adversarial, mask) \
+                    / self.max_dissimilarity
             gradient, = torch.autograd.grad(total.sum(), delta)
             with torch.no_grad():
+                # ``delta`` respected the floor when it was scored: remember the best one of each crop.
+                better = detection < best_detection
+                best_detection = torch.where(better, detection.detach(), best_detection)
+                best_delta = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best_delta)
                 rms = gradient.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp(min=1e-12)
                 progress = step / max(1, self.steps - 1)
                 alpha = self.step_size * self.epsilon * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
                 delta = torch.maximum(torch.minimum(delta - alpha * gradient / rms, budget), -budget)
+                delta = self._onto_floor(images, delta, cap, mask)
             taken += 1
+        delta = best_delta if taken else delta.detach()
+        detection = best_detection if taken else detection
         with torch.no_grad():
             delta_rgb = ycbcr_to_rgb(delta).clamp(-cap, cap)
         return AttackResult(delta_rgb=delta_rgb, delta_ycbcr=delta.detach(), detection_loss=detection.detach(),

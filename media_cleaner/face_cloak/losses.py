@@ -9,7 +9,11 @@ Each term returns a (B,) tensor, one value per crop, so the attack can weigh, av
 - :func:`landmark_loss` — O-Net's landmarks pushed away from the clean ones (a harvester aligns faces by
   them, and moving them disturbs the feature that all detectors share: where eyes, nose and mouth are);
 - :func:`perceptual_penalty` — the perturbation's energy relative to its perceptual budget, so the
-  optimiser spends only as much of the cap as it needs (DESIGN §2).
+  optimiser spends only as much of the cap as it needs (DESIGN §2);
+- :func:`structural_dissimilarity` — 1 − SSIM of the luma inside the face mask (Wang et al., "Image Quality
+  Assessment: From Error Visibility to Structural Similarity", IEEE TIP 2004). SSIM divides a change by the
+  local contrast already there, so it is a contrast-masking model of visibility, and it is the figure the
+  face-region target is stated in; the attack both penalises it and projects onto a floor of it.
 
 Logits are hinged at ``-margin`` (Carlini & Wagner's confidence κ): a score already far below the
 decision threshold stops pulling, and pushing each score well past the threshold is what transfers to
@@ -18,7 +22,9 @@ detectors we never see.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from .masks import rgb_to_ycbcr
 from .surrogate import StageOutputs
 
 
@@ -55,6 +61,51 @@ def perceptual_penalty(delta: torch.Tensor, budget: torch.Tensor) -> torch.Tenso
     allowed = budget > 1e-6
     ratio = torch.where(allowed, delta / budget.clamp(min=1e-6), torch.zeros_like(delta))
     return (ratio ** 2).sum(dim=(1, 2, 3)) / allowed.sum(dim=(1, 2, 3)).clamp(min=1)
+
+
+# SSIM's stabilising constants (K1, K2 of Wang et al. 2004) and scikit-image's default 7 × 7 uniform window,
+# the window the evaluation's face SSIM uses, so that the optimiser and the judge measure the same thing.
+_SSIM_K1, _SSIM_K2, SSIM_WINDOW = 0.01, 0.03, 7
+
+
+def ssim_map(reference: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM (B, C, H, W) of two (B, C, H, W) images in the [-1, 1] range, with a 7 × 7 uniform
+    window (reflect-padded, sample covariance, as scikit-image's ``structural_similarity`` on 8-bit planes).
+
+    SSIM's luminance term is not shift-invariant, so the planes are first mapped to [0, 1] (what 0–255
+    levels are to the judge; for Cb/Cr the 128 offset of 8-bit video)."""
+    reference, changed = (reference + 1) / 2, (changed + 1) / 2
+    data_range = 1.0
+    pad = SSIM_WINDOW // 2
+    count = SSIM_WINDOW * SSIM_WINDOW
+
+    def local_mean(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), SSIM_WINDOW, stride=1)
+
+    mu_x, mu_y = local_mean(reference), local_mean(changed)
+    unbias = count / (count - 1)
+    var_x = (local_mean(reference * reference) - mu_x * mu_x) * unbias
+    var_y = (local_mean(changed * changed) - mu_y * mu_y) * unbias
+    cov = (local_mean(reference * changed) - mu_x * mu_y) * unbias
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+
+
+def structural_dissimilarity(images: torch.Tensor, adversarial: torch.Tensor, mask: torch.Tensor,
+                             chroma: float = 1.0) -> torch.Tensor:
+    """1 − SSIM averaged over the face (the pixels where ``mask`` (B, 1, H, W) > 0.5), summed over Y, Cb and
+    Cr with ``chroma`` weighting the two chroma planes; RGB images (B, 3, H, W) in [-1, 1]; returns (B,).
+
+    0 for no change; about 0.1 in luma is where a close-up face starts to look mottled. Chroma counts
+    because a luma-only measure lets the optimiser move its effort into colour, where skin is flat and a
+    smooth pink or green patch is the first thing the eye sees (the evaluation's SSIM and VMAF are luma-only
+    and would not notice).
+    """
+    reference, changed = rgb_to_ycbcr(images), rgb_to_ycbcr(adversarial)
+    weights = (mask > 0.5).to(images.dtype)     # the face box the judge scores, not the feathered fringe
+    per_plane = ((1 - ssim_map(reference, changed)) * weights).sum(dim=(2, 3)) \
+        / weights.sum(dim=(1, 2, 3)).clamp(min=1)[:, None]
+    return per_plane[:, 0] + chroma * per_plane[:, 1:].sum(dim=1)
 
 
 class CloakLoss:

@@ -87,10 +87,13 @@ class Resample(nn.Module):
     """Downscale by a random factor and back (what a 720p/480p re-encode or a detector's pyramid loses).
 
     Arguments:
-        factors (tuple[float, float]): range of the downscale factor. Default: (0.5, 1.0).
+        factors (tuple[float, float]): range of the downscale factor. Default: (0.75, 1.0) — the attack crop
+            already shows the face at about the size detectors see it (``CloakConfig.crop_face_px``), and a
+            platform's 720p/480p downscale of a larger frame rarely takes it below that; harsher ranges only
+            push the perturbation to low frequencies, the ones the eye sees as blotches.
     """
 
-    def __init__(self, factors: tuple[float, float] = (0.5, 1.0)):
+    def __init__(self, factors: tuple[float, float] = (0.75, 1.0)):
         super().__init__()
         self.factors = factors
 
@@ -106,10 +109,11 @@ class GaussianBlur(nn.Module):
     """Slight blur with a random standard deviation (deblocking filters, scalers, soft players).
 
     Arguments:
-        sigmas (tuple[float, float]): range of the standard deviation in pixels. Default: (0.3, 1.0).
+        sigmas (tuple[float, float]): range of the standard deviation in pixels. Default: (0.3, 0.7) (deblocking
+            and scalers blur less than a pixel; more would again favour visible low frequencies).
     """
 
-    def __init__(self, sigmas: tuple[float, float] = (0.3, 1.0)):
+    def __init__(self, sigmas: tuple[float, float] = (0.3, 0.7)):
         super().__init__()
         self.sigmas = sigmas
 
