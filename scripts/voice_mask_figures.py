@@ -13,6 +13,10 @@ measured right before it (a ratio that cancels the machine's load, which other j
 
     .venv/bin/python scripts/voice_mask_figures.py --levels weak medium strong [--png spectrograms.png]
 
+For tuning, ``--subset K`` keeps K clips spread over the list, and ``--define NAME:margin_db=10,floor=0.6``
+measures a custom :class:`~media_cleaner.voice_mask.MaskLevel` (fields default to those of ``NAME`` when
+it is a shipped level).
+
 The media are read from ``--media`` (default ``../shared/media/dev``) and never copied.
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ warnings.filterwarnings("ignore")
 
 from media_cleaner.ffmpeg_bin import find_ffmpeg  # noqa: E402
 from media_cleaner.protection import AudioStreamInfo  # noqa: E402
-from media_cleaner.voice_mask import VoiceMask  # noqa: E402
+from media_cleaner.voice_mask import LEVELS, MaskLevel, VoiceMask  # noqa: E402
 
 MATCH_THRESHOLD = 0.7232
 CHUNK_SECONDS = 10   # as media_cleaner.pipeline.AUDIO_CHUNK_SECONDS
@@ -83,7 +87,18 @@ def clips(media: Path, per_speaker: int, enroll: int, max_seconds: float) -> lis
     return found
 
 
-def protect(pcm: np.ndarray, rate: int, level: str) -> tuple[np.ndarray, float]:
+def define_level(spec: str) -> tuple[str, MaskLevel]:
+    """``NAME:field=value,...`` → (NAME, MaskLevel), starting from the shipped level NAME if there is one."""
+    import dataclasses
+    name, _, fields = spec.partition(":")
+    base = dataclasses.asdict(LEVELS.get(name, MaskLevel(margin_db=10.0, steps=14, floor=0.5)))
+    for item in filter(None, fields.split(",")):
+        key, value = item.split("=")
+        base[key] = float(value) if base[key] is None or isinstance(base[key], float) else int(float(value))
+    return name, MaskLevel(**base)
+
+
+def protect(pcm: np.ndarray, rate: int, level) -> tuple[np.ndarray, float, list[int]]:
     mask = VoiceMask(level, device="cpu", threads=1)
     mask.begin(AudioStreamInfo(rate, pcm.shape[1], len(pcm) / rate))
     started, pieces = time.perf_counter(), []
@@ -91,7 +106,7 @@ def protect(pcm: np.ndarray, rate: int, level: str) -> tuple[np.ndarray, float]:
         pieces.append(mask.protect_chunk(pcm[start:start + CHUNK_SECONDS * rate], start))
     elapsed = time.perf_counter() - started
     mask.end()
-    return np.concatenate(pieces), elapsed
+    return np.concatenate(pieces), elapsed, mask.steps_taken
 
 
 def quiet_spr(clean: np.ndarray, protected: np.ndarray, rate: int) -> float | None:
@@ -135,6 +150,10 @@ def main() -> None:
     parser.add_argument("--enroll", type=int, default=4, help="other utterances in a speaker's enrollment")
     parser.add_argument("--max-seconds", type=float, default=12.0)
     parser.add_argument("--png", type=Path, help="write before/after spectrograms of the first clip here")
+    parser.add_argument("--subset", type=int, help="keep this many clips, spread evenly over the list")
+    parser.add_argument("--only", nargs="+", metavar="TEXT", help="keep the clips whose name contains one of these")
+    parser.add_argument("--define", action="append", default=[], metavar="NAME:field=value,...",
+                        help="measure a custom level under NAME (repeatable)")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/voice_mask_figures"))
     args = parser.parse_args()
     args.scratch.mkdir(parents=True, exist_ok=True)
@@ -151,7 +170,12 @@ def main() -> None:
     def embed(pcm, rate):
         return encoder.embed_utterance(preprocess_wav(pcm.mean(axis=1), source_sr=rate))
 
+    custom = dict(define_level(spec) for spec in args.define)
     data = clips(args.media, args.per_speaker, args.enroll, args.max_seconds)
+    if args.only:
+        data = [clip for clip in data if any(text in clip["name"] for text in args.only)]
+    if args.subset and args.subset < len(data):
+        data = [data[i] for i in np.linspace(0, len(data) - 1, args.subset).round().astype(int)]
     for clip in data:
         clip["clean_embed"] = embed(clip["pcm"], clip["rate"])
         if clip["enrollment"]:
@@ -159,14 +183,14 @@ def main() -> None:
     print(f"{len(data)} clips, {sum(len(c['pcm']) / c['rate'] for c in data):.0f} s of audio", flush=True)
 
     rows = []
-    for level in args.levels:
+    for level in args.levels + [name for name in custom if name not in args.levels]:
         results = []
         for clip in data:
             pcm, rate = clip["pcm"], clip["rate"]
             started = time.perf_counter()
             embed(pcm, rate)   # one clean encoder pass over the same audio: the speed unit of this moment
             unit = time.perf_counter() - started
-            protected, elapsed = protect(pcm, rate, level)
+            protected, elapsed, steps = protect(pcm, rate, custom.get(level, level))
             heard = aac_round_trip(protected, rate, args.scratch)
             emb = embed(heard, rate)
             clean16, heard16 = to16(pcm, rate), to16(heard, rate)
@@ -184,7 +208,7 @@ def main() -> None:
             print(f"  {level:6s} {clip['name'][:40]:40s} same {results[-1]['same']:.3f} "
                   f"enroll {results[-1]['enroll'] if results[-1]['enroll'] is None else round(results[-1]['enroll'], 3)} "
                   f"PESQ {results[-1]['pesq']:.2f} STOI {results[-1]['stoi']:.3f} SNR {results[-1]['snr']:.1f} "
-                  f"{results[-1]['rate']:.2f} s/s", flush=True)
+                  f"{results[-1]['rate']:.2f} s/s {results[-1]['units']:.1f} units steps {steps}", flush=True)
             if args.png and level == "medium" and clip is data[0]:
                 spectrogram_png(clean16, to16(protected, rate), 16000, args.png)
         rows.append((level, results))

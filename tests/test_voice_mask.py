@@ -1,5 +1,6 @@
 """The voice mask on synthetic speech: the front end against librosa, monotone levels, exact shapes and rates,
-silence, the untouched stream at level "none", and stopping on cancel.
+silence, the untouched stream at level "none", stopping on cancel, the early stop once far enough, and the
+intelligibility (band-envelope) guard.
 
 The speech is made here (a glottal pulse train through vowel formants, in syllables and pauses), so the
 tests need no media files and no speech synthesiser.
@@ -16,7 +17,8 @@ from media_cleaner.params import ProtectionParams
 from media_cleaner.pipeline import protect_video
 from media_cleaner.protection import AudioStreamInfo, build_protectors
 from media_cleaner.voice_mask import LEVELS, MaskLevel, VoiceMask
-from media_cleaner.voice_mask.frontend import MelFrontEnd, PARTIAL_FRAMES, SAMPLE_RATE, load_encoder
+from media_cleaner.voice_mask.frontend import MelFrontEnd, PARTIAL_FRAMES, SAMPLE_RATE, load_encoder, stft
+from media_cleaner.voice_mask.losses import EnvelopeGuard
 
 # First three formants (Hz) of a few vowels, and their bandwidths.
 VOWELS = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (640, 1190, 2390)]
@@ -129,6 +131,45 @@ def test_cancel_stops_between_steps():
     wave = synthetic_speech(2.0)[:, None]
     protected = run_mask(wave, SAMPLE_RATE, MaskLevel(margin_db=6.0, steps=500, floor=0.0), cancelled=cancelled)
     assert len(calls) == 3 and protected.shape == wave.shape
+
+
+def test_early_stop_once_the_hinge_is_satisfied():
+    wave = synthetic_speech(2.0, seed=3)[:, None]
+    # A floor of 1.0 is satisfied by the clean audio itself: no gradient step, no perturbation at all.
+    mask = VoiceMask(MaskLevel(margin_db=6.0, steps=50, floor=1.0), device="cpu", threads=1)
+    mask.begin(AudioStreamInfo(SAMPLE_RATE, 1, 2.0))
+    assert np.array_equal(mask.protect_chunk(wave, 0), wave) and mask.steps_taken == [0]
+    # Without the early stop (patience 0) every step of the ceiling is spent, and the voice moves.
+    full = VoiceMask(MaskLevel(margin_db=6.0, steps=6, floor=0.0, patience=0), device="cpu", threads=1)
+    full.begin(AudioStreamInfo(SAMPLE_RATE, 1, 2.0))
+    protected = full.protect_chunk(wave, 0)
+    assert full.steps_taken == [6] and np.any(protected != wave)
+
+
+def test_envelope_guard_follows_intelligibility():
+    wave = torch.as_tensor(synthetic_speech(3.0, seed=4))
+    clean = stft(wave)
+    speech = (clean.abs().pow(2).sum(0) > 1e-4 * clean.abs().pow(2).sum(0).max()).float()
+    guard = EnvelopeGuard(target=0.98)
+    assert float(guard.correlation(clean, clean, speech)) == pytest.approx(1.0, abs=1e-5)
+    assert float(guard(clean, clean, speech)) == 0.0
+    noise = torch.as_tensor(np.random.default_rng(0).standard_normal(len(wave)), dtype=torch.float32)
+    correlations = [float(guard.correlation(clean, stft(wave + scale * noise * wave.std()), speech))
+                    for scale in (0.05, 0.2, 0.8)]
+    assert 1.0 > correlations[0] > correlations[1] > correlations[2], correlations
+    assert float(guard(clean, stft(wave + 0.8 * noise * wave.std()), speech)) > 0
+
+
+def test_intelligibility_target_keeps_the_envelopes():
+    wave = synthetic_speech(3.0, seed=5)[:, None]
+    guard, clean = EnvelopeGuard(), stft(torch.as_tensor(wave[:, 0]))
+    speech = (clean.abs().pow(2).sum(0) > 1e-4 * clean.abs().pow(2).sum(0).max()).float()
+    correlation = {}
+    for target in (None, 0.995):
+        level = MaskLevel(margin_db=4.0, steps=4, floor=0.0, patience=0, intelligibility=target)
+        protected = torch.as_tensor(run_mask(wave, SAMPLE_RATE, level)[:, 0])
+        correlation[target] = float(guard.correlation(clean, stft(protected), speech))
+    assert correlation[0.995] > correlation[None], correlation
 
 
 def test_build_protectors_puts_the_voice_mask_on_the_audio_seam():
