@@ -18,16 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0
+from trial_server import ROOT, rss_kib
 
 
 def descendants(pid: int) -> list[int]:

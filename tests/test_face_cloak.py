@@ -54,8 +54,8 @@ def protect(source, tmp_path, protectors, name="out.mp4", **options):
     return output
 
 
-def test_surrogate_face_score_falls_as_epsilon_grows(astronaut):
-    torch.set_num_threads(1)   # what the engine does for a one-core worker; more threads only contend here
+def astronaut_face_crop(astronaut):
+    """The surrogate, the astronaut's face crop as the engine cuts it ([-1, 1], 1×3×S×S), its box and mask."""
     surrogate = load_surrogate()
     face = surrogate.detect(astronaut)[0]
     crop = _Crop.around(face.box, QUICK)
@@ -63,7 +63,12 @@ def test_surrogate_face_score_falls_as_epsilon_grows(astronaut):
     box = torch.tensor([[(face.box[0] - crop.x0) * scale, (face.box[1] - crop.y0) * scale,
                          (face.box[2] - crop.x0) * scale, (face.box[3] - crop.y0) * scale]])
     image = torch.from_numpy(crop.cut(astronaut, QUICK.crop_side)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    mask = face_mask(QUICK.crop_side, QUICK.crop_side, box)
+    return surrogate, image, box, face_mask(QUICK.crop_side, QUICK.crop_side, box)
+
+
+def test_surrogate_face_score_falls_as_epsilon_grows(astronaut):
+    torch.set_num_threads(1)   # what the engine does for a one-core worker; more threads only contend here
+    surrogate, image, box, mask = astronaut_face_crop(astronaut)
 
     def score(epsilon: float) -> float:
         torch.manual_seed(0)
@@ -163,14 +168,7 @@ def test_ssim_map_matches_the_judges_ssim(astronaut):
 def test_visibility_floor_holds_and_loosens_with_the_budget(astronaut):
     from media_cleaner.face_cloak.losses import structural_dissimilarity
     torch.set_num_threads(1)
-    surrogate = load_surrogate()
-    face = surrogate.detect(astronaut)[0]
-    crop = _Crop.around(face.box, QUICK)
-    scale = QUICK.crop_side / crop.side
-    box = torch.tensor([[(face.box[0] - crop.x0) * scale, (face.box[1] - crop.y0) * scale,
-                         (face.box[2] - crop.x0) * scale, (face.box[3] - crop.y0) * scale]])
-    image = torch.from_numpy(crop.cut(astronaut, QUICK.crop_side)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    mask = face_mask(QUICK.crop_side, QUICK.crop_side, box)
+    surrogate, image, box, mask = astronaut_face_crop(astronaut)
 
     def dissimilarity(floor):
         torch.manual_seed(0)
