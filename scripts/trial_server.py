@@ -56,14 +56,18 @@ class ServerProcess:
         self._sampling = threading.Event()
 
     def start(self, timeout: float = 60) -> "ServerProcess":
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_server.py"), "--port", str(self.port), "--workers", str(self.workers),
-             "--data-dir", str(self.data_dir), "--log-level", "WARNING"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Console output to a file (the server log has it all too): an unread pipe would fill up and block it.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        console = self.data_dir.parent / f"console-{self.port}.txt"
+        with open(console, "a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "run_server.py"), "--port", str(self.port), "--workers",
+                 str(self.workers), "--data-dir", str(self.data_dir), "--log-level", "WARNING"],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
+                raise RuntimeError(f"server exited: {console.read_text(errors='replace')[-2000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     threading.Thread(target=self._sample, daemon=True).start()

@@ -33,14 +33,16 @@ class Server:
 
     def start(self, wait: bool = True) -> "Server":
         env = {**os.environ, "MEDIA_CLEANER_PROGRESS_WRITE_INTERVAL_S": "0.2", **self.settings}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_server.py"), "--port", str(self.port), "--workers", "1",
-             "--data-dir", str(self.data_dir)], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # The console output goes to a file: a pipe nobody reads fills up and then blocks the server's logging.
+        self.console = self.data_dir.parent / f"console-{self.port}-{time.monotonic_ns()}.txt"
+        with open(self.console, "w") as console:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "run_server.py"), "--port", str(self.port), "--workers", "1",
+                 "--data-dir", str(self.data_dir)], cwd=ROOT, env=env, stdout=console, stderr=subprocess.STDOUT)
         if wait:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.proc.stdout.read()
+                assert self.proc.poll() is None, self.output()
                 try:
                     if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                         return self
@@ -48,6 +50,9 @@ class Server:
                     time.sleep(0.2)
             raise AssertionError("server did not start")
         return self
+
+    def output(self) -> str:
+        return self.console.read_text(errors="replace")
 
     def get(self, path: str) -> dict:
         return httpx.get(self.url + path, timeout=30).json()
@@ -133,6 +138,6 @@ def test_a_second_server_on_the_same_folder_refuses_to_start(server, tmp_path):
     first = server()
     second = Server(tmp_path / "data").start(wait=False)
     assert second.proc.wait(timeout=60) == 2
-    message = second.proc.stdout.read()
+    message = second.output()
     assert "already using the data folder" in message and str(first.proc.pid) in message
     assert first.get("/health")["status"] == "ok"
