@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 
-from ..ffmpeg_bin import error_reason, find_ffmpeg
+from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg
 from ..probe import MediaInfo
 from . import EvaluationError
 from .judges import Box
@@ -58,17 +58,10 @@ def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, 
         maps += ["-map", "[v]"]
     args = [executable, "-hide_banner", "-nostdin", "-nostats", "-threads", str(threads),
             "-i", str(reference), "-i", str(distorted), "-filter_complex", graph, *maps, "-f", "null", "-"]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if cancel is not None:
-        cancel.register(process)
     try:
-        _, err = process.communicate()
-    finally:
-        if cancel is not None:
-            cancel.unregister(process)
-    log = err.decode("utf-8", "replace")
-    if process.returncode != 0:
-        raise EvaluationError(f"ffmpeg could not compare the videos: {error_reason(log)}")
+        log = run_ffmpeg(args, registry=cancel)
+    except FFmpegError as exc:
+        raise EvaluationError(f"ffmpeg could not compare the videos: {exc.reason}") from exc
     psnr, ssim, score = _PSNR.findall(log), _SSIM.findall(log), _VMAF.findall(log)
     if not psnr or not ssim:
         raise EvaluationError("ffmpeg compared the videos but printed no PSNR/SSIM (no frames in common?)")
