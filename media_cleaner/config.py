@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     video_crf: int = Field(17, ge=0, le=51, description="libx264 quality; low so that perturbations survive")
     video_preset: str = Field("fast", description="libx264 preset (speed/size trade-off)")
     audio_bitrate: str = Field("192k")
+    engine_processes: bool = Field(True, description="Run each worker's engines in a child process of its own, so "
+                                                     "that the API stays fast while the workers are busy")
+    engine_factory: str = Field("media_cleaner.protection:build_protectors", pattern=r"^[\w.]+:\w+$",
+                                description="'module:function' that builds a task's protectors in an engine "
+                                            "process, called as f(params, threads=...)")
 
     # Paths and tools
     data_dir: Path = Field(Path("."), description="Root of videos_input/, videos_output/, videos_temp/, server_logs/, queue_db/")

@@ -62,7 +62,8 @@ class MediaCleanerService:
         self.store.on_finished(self._task_finished)
         self.janitor.start()
         self.pool.start()
-        if settings.warm_up:
+        # With engine processes each of them warms up its own engines: this process stays light.
+        if settings.warm_up and not getattr(self.pool, "isolated", False):
             threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self.started = True
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s", settings.data_dir, self.ffmpeg)
@@ -106,6 +107,8 @@ class MediaCleanerService:
             if entry.is_file() and (unfinished or orphan):
                 log.info("removing leftover upload %s", entry.name)
                 entry.unlink(missing_ok=True)
+        for entry in settings.output_dir.glob(".*.partial"):   # an output or preview being written at the crash
+            entry.unlink(missing_ok=True)
         for task in self.store.list(limit=10 ** 9)[0]:
             # An output renamed into place just before a crash, for a task that will run again.
             if task.status != TaskStatus.completed:

@@ -6,30 +6,35 @@ child processes at once (the pipeline's :class:`CancelToken`), and the partial o
 shutdown running tasks go back to pending without counting an attempt. Before a task is marked completed
 its protection report (cheap figures and a before/after sheet, :mod:`media_cleaner.evaluation.report`) is
 stored in ``task.report``; a report that cannot be made is noted there and never fails the task.
+
+With the real engines (no ``protector_factory``) and ``engine_processes`` on, each worker hands its tasks
+to an engine process of its own (:mod:`media_cleaner.engine_process`), so the engines never compete with
+the API for this process's GIL; a cancel kills that process, and one that crashes fails only its task.
+A custom ``protector_factory`` (tests) runs in the worker thread, as do the engines with the setting off.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 from .config import Settings
-from .evaluation.report import build_task_report, preview_file_name
+from .engine_process import EngineConfig, EngineCrashed, EngineProcess
+from .evaluation.report import preview_file_name
 from .evaluation.report import warm_up as warm_up_report
+from .jobs import Job, ProtectorFactory, run_job
 from .models import TaskStatus, utc_now
 from .params import ProtectionParams
-from .pipeline import CancelToken, TaskCancelled, protect_video
+from .pipeline import CancelToken, TaskCancelled
 from .probe import MediaError
-from .protection import Protectors, build_protectors
+from .protection import build_protectors
 from .store import TaskNotFound, TaskStore
 
 log = logging.getLogger("media_cleaner.queue")
-
-ProtectorFactory = Callable[[ProtectionParams, int], Protectors]
 
 
 def output_name(task_id: str, original_filename: str) -> str:
@@ -52,8 +57,11 @@ class WorkerPool:
                  protector_factory: ProtectorFactory | None = None):
         self.settings = settings
         self.store = store
+        # Only the real engines go to engine processes: a custom factory need not be importable by name there.
+        self.isolated = protector_factory is None and settings.engine_processes
         self.protector_factory = protector_factory or (
             lambda params, threads: build_protectors(params, threads=threads))
+        self._engines: list[EngineProcess] = []
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -66,12 +74,23 @@ class WorkerPool:
         return self.settings.max_concurrent_tasks
 
     def start(self) -> None:
+        settings = self.settings
         for i in range(self.size):
-            thread = threading.Thread(target=self._work, name=f"worker-{i + 1}", daemon=True)
+            name = f"worker-{i + 1}"
+            engine = None
+            if self.isolated:
+                engine = EngineProcess(EngineConfig(
+                    factory=settings.engine_factory, threads=settings.threads_per_worker,
+                    warm_up=settings.warm_up, warm_up_report=settings.warm_up and settings.task_reports,
+                    log_level=settings.log_level, parent_pid=os.getpid()), name)
+                self._engines.append(engine)
+            thread = threading.Thread(target=self._work, args=(engine,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("worker pool started: %d workers, %d threads each", self.size, self.settings.threads_per_worker)
-        if self.settings.warm_up and self.settings.task_reports:   # the engines' warm-up switch too
+        log.info("worker pool started: %d workers, %d threads each%s", self.size, settings.threads_per_worker,
+                 ", engines in child processes" if self.isolated else "")
+        # The report's models load here only when the reports are made here (else each engine process does it).
+        if settings.warm_up and settings.task_reports and not self.isolated:   # the engines' warm-up switch too
             threading.Thread(target=self._warm_up_report, name="report-warm-up", daemon=True).start()
 
     @staticmethod
@@ -111,33 +130,53 @@ class WorkerPool:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        for engine in self._engines:   # each worker kills its own; this catches one that did not stop in time
+            engine.kill()
         log.info("worker pool stopped")
 
     # ----------------------------------------------------------------- the work
-    def _work(self) -> None:
-        while not self._stopping.is_set():
-            task = self.store.claim_next()
-            if task is None:
-                with self._wake:
-                    self._wake.wait(timeout=1.0)   # also re-checks the store now and then
-                continue
-            running = _Running()
-            with self._running_lock:
-                self._running[task.task_id] = running
-            try:
-                self._run(task.task_id, running)
-            except Exception:   # never let one task kill the worker
-                log.exception("task %s: unexpected error in worker", task.task_id)
-            finally:
+    def _work(self, engine: EngineProcess | None) -> None:
+        try:
+            if engine is not None:
+                self._start_engine(engine)   # now, so that it loads the models before the first task
+            while not self._stopping.is_set():
+                task = self.store.claim_next()
+                if task is None:
+                    with self._wake:
+                        self._wake.wait(timeout=1.0)   # also re-checks the store now and then
+                    continue
+                running = _Running()
                 with self._running_lock:
-                    self._running.pop(task.task_id, None)
+                    self._running[task.task_id] = running
+                try:
+                    self._run(task.task_id, running, engine)
+                except Exception:   # never let one task kill the worker
+                    log.exception("task %s: unexpected error in worker", task.task_id)
+                finally:
+                    with self._running_lock:
+                        self._running.pop(task.task_id, None)
+        finally:
+            if engine is not None:
+                engine.kill()
 
-    def _run(self, task_id: str, running: _Running) -> None:
+    @staticmethod
+    def _start_engine(engine: EngineProcess) -> None:
+        try:
+            engine.start()
+        except Exception:   # the first task tries again and reports what is wrong
+            log.exception("%s: the engine process could not be started", engine.name)
+
+    def _run(self, task_id: str, running: _Running, engine: EngineProcess | None) -> None:
         task = self.store.get(task_id)
         settings = self.settings
         input_path = settings.data_dir / task.input_video
         output_path = settings.output_dir / output_name(task_id, task.original_filename)
         params = ProtectionParams(task.epsilon, task.video_strength, task.every_n_frames, task.audio_level)
+        job = Job(task_id=task_id, input_path=input_path, output_path=output_path, params=params,
+                  temp_dir=settings.temp_dir / task_id, threads=settings.threads_per_worker,
+                  crf=settings.video_crf, preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
+                  ffmpeg=settings.ffmpeg, data_dir=settings.data_dir,
+                  preview_path=settings.output_dir / preview_file_name(task_id) if settings.task_reports else None)
         started = time.monotonic()
         log.info("task %s started by %s (attempt %d)", task_id, threading.current_thread().name, task.attempts)
 
@@ -149,19 +188,18 @@ class WorkerPool:
         try:
             if self._stopping.is_set() or self.store.get(task_id).status != TaskStatus.processing:
                 raise TaskCancelled()   # cancelled or shut down between claim and start
-            protectors = self.protector_factory(params, settings.threads_per_worker)
-            protect_video(input_path, output_path, params, protectors=protectors, progress=on_progress,
-                          cancel=running.token, temp_dir=settings.temp_dir / task_id,
-                          threads=settings.threads_per_worker, crf=settings.video_crf,
-                          preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
-                          ffmpeg=settings.ffmpeg)
-            protect_seconds = time.monotonic() - started
-            report = (self._report(task_id, input_path, output_path, protect_seconds, running.token)
-                      if settings.task_reports else {"protect_seconds": round(protect_seconds, 2)})
+            if engine is None:
+                report = run_job(job, self.protector_factory, on_progress, running.token)
+            else:
+                report = engine.run(job, on_progress, running.token)
         except TaskCancelled:
             self._after_interrupt(task_id, running, output_path)
             return
         except MediaError as exc:
+            self._fail(task_id, str(exc), output_path)
+            return
+        except EngineCrashed as exc:
+            log.error("task %s: %s", task_id, exc)
             self._fail(task_id, str(exc), output_path)
             return
         except FileNotFoundError as exc:
@@ -169,16 +207,17 @@ class WorkerPool:
                 self._fail(task_id, "The uploaded file is no longer on the server; upload the video again.",
                            output_path)
                 return
-            log.exception("task %s failed", task_id)
+            _log_failure(task_id, exc)
             self._fail(task_id, f"Processing failed unexpectedly ({exc}).", output_path)
             return
         except Exception as exc:
-            log.exception("task %s failed", task_id)
-            self._fail(task_id, f"Processing failed unexpectedly ({type(exc).__name__}: {exc}). The server log "
+            _log_failure(task_id, exc)
+            kind = getattr(exc, "remote_type", type(exc).__name__)
+            self._fail(task_id, f"Processing failed unexpectedly ({kind}: {exc}). The server log "
                                 f"has the details under task id {task_id}.", output_path)
             return
         finally:
-            shutil.rmtree(settings.temp_dir / task_id, ignore_errors=True)
+            shutil.rmtree(job.temp_dir, ignore_errors=True)
 
         done = self.store.transition(
             task_id, [TaskStatus.processing], status=TaskStatus.completed, progress=100.0, eta_s=None,
@@ -189,29 +228,8 @@ class WorkerPool:
         else:
             log.info("task %s completed in %.1f s -> %s", task_id, time.monotonic() - started, output_path.name)
 
-    def _report(self, task_id: str, input_path: Path, output_path: Path, protect_seconds: float,
-                token: CancelToken) -> dict:
-        """The task's protection report (cheap figures and the before/after sheet). A failure to make it is
-        recorded in the report and never fails the task; only a cancel (TaskCancelled) gets through."""
-        preview = self.settings.output_dir / preview_file_name(task_id)
-        try:
-            report = build_task_report(input_path, output_path, preview, protect_seconds=round(protect_seconds, 2),
-                                       ffmpeg=self.settings.ffmpeg, cancel=token)
-        except TaskCancelled:
-            preview.unlink(missing_ok=True)
-            raise
-        except Exception as exc:
-            token.raise_if_cancelled()   # a killed ffmpeg child surfaces as an error: it was the cancel
-            log.warning("task %s: the protection report could not be made: %s", task_id, exc, exc_info=True)
-            preview.unlink(missing_ok=True)
-            return {"protect_seconds": round(protect_seconds, 2),
-                    "error": f"The protection report could not be made ({type(exc).__name__}: {exc})."}
-        report["preview"] = str(preview.relative_to(self.settings.data_dir))
-        return report
-
     def _after_interrupt(self, task_id: str, running: _Running, output_path: Path) -> None:
-        output_path.unlink(missing_ok=True)
-        (self.settings.output_dir / preview_file_name(task_id)).unlink(missing_ok=True)
+        self._remove_outputs(task_id, output_path)
         try:
             task = self.store.get(task_id)
         except TaskNotFound:
@@ -225,7 +243,26 @@ class WorkerPool:
                                   completed_at=utc_now(), eta_s=None)
             log.info("task %s stopped after cancel", task_id)
 
+    def _remove_outputs(self, task_id: str, output_path: Path) -> None:
+        """The task's output and preview, and the half-written files a killed engine process leaves behind
+        (it never runs its own clean-up)."""
+        preview = self.settings.output_dir / preview_file_name(task_id)
+        for final in (output_path, preview):
+            final.unlink(missing_ok=True)
+            for partial in final.parent.glob(f".{final.name}*.partial"):
+                partial.unlink(missing_ok=True)
+
     def _fail(self, task_id: str, message: str, output_path: Path) -> None:
-        output_path.unlink(missing_ok=True)
+        self._remove_outputs(task_id, output_path)
         self.store.transition(task_id, [TaskStatus.processing], status=TaskStatus.failed, eta_s=None,
                               completed_at=utc_now(), error_message=message)
+
+
+def _log_failure(task_id: str, exc: BaseException) -> None:
+    """The traceback of an unexpected failure: the engine process's own when it happened there."""
+    remote = getattr(exc, "remote_traceback", None)
+    if remote:
+        log.error("task %s failed in its engine process:\n%s", task_id, remote.rstrip())
+    else:
+        log.error("task %s failed", task_id, exc_info=exc)
+

@@ -9,7 +9,6 @@ Used for the "memory stays flat whatever the length" check: run it on a clip and
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,18 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
-from trial_server import ROOT, rss_kib
-
-
-def descendants(pid: int) -> list[int]:
-    children = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                children += [int(c) for c in fh.read().split()]
-    except OSError:
-        pass
-    return children + [d for c in children for d in descendants(c)]
+from trial_server import ROOT, descendants, rss_kib
 
 
 def main() -> int:
@@ -80,7 +68,7 @@ def main() -> int:
         print(f"status: {task['status']} {task.get('error_message') or ''}")
         print(f"upload: {uploaded - started:.1f} s, processing: {done - uploaded:.1f} s")
         print(f"server RSS idle: {idle_rss / 1024:.0f} MiB, peak: {peak['server'] / 1024:.0f} MiB; "
-              f"peak with ffmpeg children: {peak['tree'] / 1024:.0f} MiB")
+              f"peak with its children (engine processes, ffmpeg): {peak['tree'] / 1024:.0f} MiB")
         if task["status"] == "completed":
             print(f"output: {data_dir / task['output_video']}")
         return 0 if task["status"] == "completed" else 1

@@ -43,16 +43,30 @@ def rss_kib(pid: int) -> int:
         return 0
 
 
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren… of ``pid`` (engine processes, ffmpeg), from /proc."""
+    children = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                children += [int(c) for c in fh.read().split()]
+    except OSError:
+        pass
+    return children + [d for c in children for d in descendants(c)]
+
+
 class ServerProcess:
     """``run_server.py`` in a child process, killed or stopped on demand."""
 
-    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, port: int | None = None):
-        self.data_dir, self.workers = data_dir, workers
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, port: int | None = None,
+                 log_level: str = "WARNING"):
+        self.data_dir, self.workers, self.log_level = data_dir, workers, log_level
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
-        self.peak_rss_kib = 0
+        self.peak_rss_kib = 0            # the server (API) process alone
+        self.peak_children_rss_kib = 0   # its engine processes and ffmpeg children together
         self._sampling = threading.Event()
 
     def start(self, timeout: float = 60) -> "ServerProcess":
@@ -62,7 +76,7 @@ class ServerProcess:
         with open(console, "a") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "run_server.py"), "--port", str(self.port), "--workers",
-                 str(self.workers), "--data-dir", str(self.data_dir), "--log-level", "WARNING"],
+                 str(self.workers), "--data-dir", str(self.data_dir), "--log-level", self.log_level],
                 cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -80,6 +94,8 @@ class ServerProcess:
         proc = self.proc
         while proc.poll() is None:
             self.peak_rss_kib = max(self.peak_rss_kib, rss_kib(proc.pid))
+            children = sum(rss_kib(pid) for pid in descendants(proc.pid))
+            self.peak_children_rss_kib = max(self.peak_children_rss_kib, children)
             time.sleep(0.2)
 
     def kill(self) -> None:

@@ -12,7 +12,7 @@ import pytest
 from conftest import wait_for
 from test_evaluation import make_face_video
 
-from media_cleaner import workers
+from media_cleaner import jobs
 from media_cleaner.evaluation.report import AMPLIFY, render_sheet
 from media_cleaner.protection import PassThroughAudio, PassThroughVideo, Protectors
 
@@ -99,7 +99,7 @@ def test_a_report_that_fails_never_fails_the_task(api_factory, face_clip, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("the detector exploded")
 
-    monkeypatch.setattr(workers, "build_task_report", broken)
+    monkeypatch.setattr(jobs, "build_task_report", broken)
     api = api_factory(pass_through, task_reports=True)
     task_id = upload(api, face_clip)
     task = wait_for(api, task_id, timeout=REPORT_TIMEOUT)
@@ -121,7 +121,7 @@ def test_cancelling_while_the_report_is_made_cancels_the_task(api_factory, face_
             time.sleep(0.02)
         cancel.raise_if_cancelled()
 
-    monkeypatch.setattr(workers, "build_task_report", waits_for_cancel)
+    monkeypatch.setattr(jobs, "build_task_report", waits_for_cancel)
     api = api_factory(pass_through, task_reports=True)
     task_id = upload(api, face_clip)
     deadline = time.monotonic() + 60

@@ -1,0 +1,73 @@
+"""One task's heavy work: protect the video, then measure its protection report.
+
+A :class:`Job` carries everything that work needs and nothing of the server's state (it is picklable), so the
+same :func:`run_job` runs in a worker thread or in an engine process (:mod:`media_cleaner.engine_process`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .evaluation.report import build_task_report
+from .params import ProtectionParams
+from .pipeline import CancelToken, TaskCancelled, protect_video
+from .protection import Protectors
+
+log = logging.getLogger("media_cleaner.queue")
+
+ProtectorFactory = Callable[[ProtectionParams, int], Protectors]
+
+
+@dataclass(frozen=True)
+class Job:
+    task_id: str
+    input_path: Path
+    output_path: Path
+    params: ProtectionParams
+    temp_dir: Path              # the task's scratch folder; the worker removes it
+    threads: int                # the worker's share of the cores, for ffmpeg and torch
+    crf: int
+    preset: str
+    audio_bitrate: str
+    ffmpeg: str | None
+    preview_path: Path | None   # where the report's before/after sheet goes; None: no report
+    data_dir: Path              # the report names its sheet relative to this folder
+
+
+def run_job(job: Job, make_protectors: ProtectorFactory, progress: Callable[[float], None],
+            cancel: CancelToken) -> dict:
+    """Protect ``job.input_path`` into ``job.output_path``; the task's report (JSON-safe).
+
+    Pipeline errors propagate (MediaError, TaskCancelled, …); a report that cannot be made does not.
+    """
+    started = time.monotonic()
+    protectors = make_protectors(job.params, job.threads)
+    protect_video(job.input_path, job.output_path, job.params, protectors=protectors, progress=progress,
+                  cancel=cancel, temp_dir=job.temp_dir, threads=job.threads, crf=job.crf, preset=job.preset,
+                  audio_bitrate=job.audio_bitrate, ffmpeg=job.ffmpeg)
+    protect_seconds = time.monotonic() - started
+    if job.preview_path is None:
+        return {"protect_seconds": round(protect_seconds, 2)}
+    return _report(job, job.preview_path, protect_seconds, cancel)
+
+
+def _report(job: Job, preview: Path, protect_seconds: float, cancel: CancelToken) -> dict:
+    """The task's protection report (cheap figures and the before/after sheet). A failure to make it is
+    recorded in the report and never fails the task; only a cancel (TaskCancelled) gets through."""
+    try:
+        report = build_task_report(job.input_path, job.output_path, preview,
+                                   protect_seconds=round(protect_seconds, 2), ffmpeg=job.ffmpeg, cancel=cancel)
+    except TaskCancelled:
+        preview.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        cancel.raise_if_cancelled()   # a killed ffmpeg child surfaces as an error: it was the cancel
+        log.warning("task %s: the protection report could not be made: %s", job.task_id, exc, exc_info=True)
+        preview.unlink(missing_ok=True)
+        return {"protect_seconds": round(protect_seconds, 2),
+                "error": f"The protection report could not be made ({type(exc).__name__}: {exc})."}
+    report["preview"] = str(preview.relative_to(job.data_dir))
+    return report
