@@ -70,6 +70,16 @@ def close_up(original: Path, protected: Path, target: Path) -> None:
     cv2.imwrite(str(target), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
 
 
+def cloak_config(items: list[str]) -> CloakConfig:
+    """A CloakConfig from ``FIELD=VALUE`` overrides (an unknown field raises AttributeError naming it)."""
+    overrides = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        default = getattr(CloakConfig(), field)
+        overrides[field] = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
+    return CloakConfig(**overrides)
+
+
 def summary(result: dict) -> dict:
     row = {}
     for variant in ("delivered", "reencoded"):
@@ -109,12 +119,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     params = ProtectionParams.parse(epsilon=args.epsilon, video_strength=args.strength,
                                     every_n_frames=args.every_n, audio_level="none")
-    overrides = {}
-    for item in args.config:
-        field, _, value = item.partition("=")
-        default = getattr(CloakConfig(), field)   # AttributeError names a field that does not exist
-        overrides[field] = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
-    config = CloakConfig(**overrides)
+    config = cloak_config(args.config)
     tag = f"e{args.epsilon:g}_s{args.strength:g}_n{args.every_n}"
     rows = []
     for source in videos(args.inputs):

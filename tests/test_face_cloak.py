@@ -96,6 +96,33 @@ def test_engine_keeps_the_cap_and_changes_only_the_face(astronaut):
     assert outside.size and outside.max() == 0
 
 
+def test_low_frequency_variable_keeps_the_cap_and_is_smooth(astronaut):
+    """``smooth`` optimises a coarse grid: the cap still holds exactly, the change has far less energy in
+    pixel-to-pixel differences than the per-pixel attack's, and the next keyframe warm-starts from it."""
+    params = ProtectionParams(epsilon=0.12, every_n_frames=1)   # every frame is a keyframe
+
+    def attack(smooth: int):
+        torch.manual_seed(0)
+        cloak = FaceCloak(params, config=CloakConfig(cold_steps=6, warm_steps=2, eot_samples=1, smooth=smooth,
+                                                     texture_floor=1.0))
+        cloak.begin(VideoStreamInfo(256, 256, 25.0, 2))
+        change = cloak.protect_frame(astronaut, 0.0, 0).astype(int) - astronaut.astype(int)
+        return cloak, change
+
+    per_pixel = attack(1)[1]
+    cloak, smooth = attack(8)
+    assert np.abs(smooth).max() <= np.ceil(params.effective_epsilon * 127.5)
+    assert np.abs(smooth).mean() > 0.2
+
+    def roughness(change):   # mean squared neighbour difference relative to the change's own energy
+        return float(np.mean(np.diff(change, axis=1) ** 2) / max(np.mean(change.astype(float) ** 2), 1e-9))
+
+    assert roughness(smooth) < 0.5 * roughness(per_pixel), (roughness(smooth), roughness(per_pixel))
+    assert cloak.tracks[0].delta_ycbcr.shape == (3, QUICK.crop_side // 8, QUICK.crop_side // 8)
+    cloak.protect_frame(np.roll(astronaut, 1, axis=1), 0.04, 1)   # a warm keyframe on the coarse grid
+    assert cloak.keyframes == 2 and cloak.tracks[0].delta_ycbcr.shape[1] == QUICK.crop_side // 8
+
+
 def test_cap_holds_on_the_decoded_output(tmp_path, astronaut):
     source = face_clip(tmp_path / "face.mp4", astronaut, frames=12)
     params = ProtectionParams(epsilon=0.12)

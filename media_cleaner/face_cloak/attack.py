@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .losses import CloakLoss, perceptual_penalty, structural_dissimilarity
@@ -92,11 +93,16 @@ class CloakPGD(Attack):
             face (pre-codec, luma, 7 × 7 window); None: no floor. Default: None.
         structural (float): weight of the face dissimilarity (divided by ``max_dissimilarity``) in the loss,
             so unused change is pulled back before the floor has to push. Default: 0.3.
+        smooth (int): cell size of the variable in crop pixels: the perturbation is optimised on a grid this
+            much coarser and upsampled (bicubic) before it is applied, so that it is made of low spatial
+            frequencies — the ones that survive codecs and downscales and transfer between detectors (Guo
+            et al., "Low Frequency Adversarial Perturbation", UAI 2019), and that SSIM and VMAF, which look
+            at local structure, weigh least. 1: per pixel. Default: 1.
         should_stop (callable | None): polled between steps; True abandons the run. Default: None.
 
     Shapes:
         images (B, 3, H, W) clean RGB crops in [-1, 1] (H, W multiples of 16); boxes (B, 4) face boxes in crop
-        pixels; mask (B, 1, H, W) in [0, 1]; init (B, 3, H, W) YCbCr warm start or None.
+        pixels; mask (B, 1, H, W) in [0, 1]; init (B, 3, *:meth:`variable_size`) YCbCr warm start or None.
 
     Example::
         attack = CloakPGD(load_surrogate(), epsilon=0.12, steps=20)
@@ -106,9 +112,9 @@ class CloakPGD(Attack):
     def __init__(self, model: MTCNNSurrogate, epsilon: float = 0.12, steps: int = 20, step_size: float = 0.6,
                  eot_samples: int = 2, loss: CloakLoss | None = None, transform: nn.Module | None = None,
                  chroma_ratio: float = 0.3, texture_floor: float = 0.35, max_dissimilarity: float | None = None,
-                 structural: float = 0.3, should_stop: Callable[[], bool] | None = None):
+                 structural: float = 0.3, smooth: int = 1, should_stop: Callable[[], bool] | None = None):
         super().__init__(model, should_stop)
-        self.max_dissimilarity, self.structural = max_dissimilarity, structural
+        self.max_dissimilarity, self.structural, self.smooth = max_dissimilarity, structural, max(1, int(smooth))
         self.epsilon, self.steps, self.step_size, self.eot_samples = epsilon, steps, step_size, eot_samples
         self.loss = loss or CloakLoss()
         self.transform = transform or RandomPipeline()
@@ -118,19 +124,31 @@ class CloakPGD(Attack):
         return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
                 "eot_samples": self.eot_samples, "loss": self.loss, "chroma_ratio": self.chroma_ratio,
                 "texture_floor": self.texture_floor, "max_dissimilarity": self.max_dissimilarity,
-                "structural": self.structural}
+                "structural": self.structural, "smooth": self.smooth}
+
+    def variable_size(self, height: int, width: int) -> tuple[int, int]:
+        """Height and width of the optimisation variable for crops of ``height`` × ``width``."""
+        return max(1, round(height / self.smooth)), max(1, round(width / self.smooth))
+
+    def _full(self, variable: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """The YCbCr perturbation at crop resolution, inside the per-pixel ``budget``."""
+        if variable.shape[-2:] != budget.shape[-2:]:
+            variable = F.interpolate(variable, size=budget.shape[-2:], mode="bicubic", align_corners=False)
+        return torch.maximum(torch.minimum(variable, budget), -budget)
 
     def _adversarial(self, images: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return (images + ycbcr_to_rgb(delta).clamp(-cap, cap)).clamp(-1, 1)
 
     @torch.no_grad()
-    def _onto_floor(self, images: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor,
+    def _onto_floor(self, images: torch.Tensor, delta: torch.Tensor, budget: torch.Tensor, cap: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
-        """Scale each crop's ``delta`` down until its face dissimilarity is at most ``max_dissimilarity``."""
+        """Scale each crop's variable ``delta`` down until its face dissimilarity is at most
+        ``max_dissimilarity``."""
         if self.max_dissimilarity is None:
             return delta
         for _ in range(4):
-            measured = structural_dissimilarity(images, self._adversarial(images, delta, cap), mask)
+            measured = structural_dissimilarity(images, self._adversarial(images, self._full(delta, budget), cap),
+                                                mask)
             # 0.98: land just inside the floor, so that rounding to uint8 does not push it back out.
             shrink = (0.98 * self.max_dissimilarity / measured.clamp(min=1e-12)).sqrt().clamp(max=1.0)
             if bool((shrink >= 1.0).all()):
@@ -145,9 +163,11 @@ class CloakPGD(Attack):
         cap = self.epsilon * mask
         with torch.no_grad():
             clean_landmarks = self.model.stage_outputs(images, boxes).landmarks
-        delta = torch.zeros_like(images) if init is None else torch.maximum(torch.minimum(init.to(images), budget),
-                                                                            -budget)
-        delta = self._onto_floor(images, delta, cap, mask)
+        # The variable's own caps: the budget on its grid (the exact per-pixel caps apply after upsampling).
+        coarse = budget if self.smooth == 1 else F.adaptive_avg_pool2d(budget, self.variable_size(*budget.shape[-2:]))
+        delta = torch.zeros_like(coarse) if init is None else torch.maximum(torch.minimum(init.to(coarse), coarse),
+                                                                            -coarse)
+        delta = self._onto_floor(images, delta, budget, cap, mask)
         detection = torch.zeros(images.shape[0], device=self.device)
         batch = images.shape[0]
         best_delta, best_detection = delta.clone(), torch.full((batch,), float("inf"), device=self.device)
@@ -156,13 +176,14 @@ class CloakPGD(Attack):
             if self.should_stop():
                 break
             delta.requires_grad_(True)
-            adversarial = self._adversarial(images, delta, cap)
+            full = self._full(delta, budget)
+            adversarial = self._adversarial(images, full, cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
             outputs = self.model.stage_outputs(torch.cat([image for image, _ in journeys]),
                                                torch.cat([box for _, box in journeys]))
             per_sample = self.loss.detection(outputs, clean_landmarks.repeat(self.eot_samples, 1, 1))
             detection = per_sample.view(self.eot_samples, batch).mean(dim=0)
-            total = detection + self.loss.perceptual * perceptual_penalty(delta, budget)
+            total = detection + self.loss.perceptual * perceptual_penalty(full, budget)
             if self.max_dissimilarity is not None and self.structural > 0:
                 total = total + self.structural * structural_dissimilarity(images, adversarial, mask) \
                     / self.max_dissimilarity
@@ -175,12 +196,12 @@ class CloakPGD(Attack):
                 rms = gradient.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp(min=1e-12)
                 progress = step / max(1, self.steps - 1)
                 alpha = self.step_size * self.epsilon * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-                delta = torch.maximum(torch.minimum(delta - alpha * gradient / rms, budget), -budget)
-                delta = self._onto_floor(images, delta, cap, mask)
+                delta = torch.maximum(torch.minimum(delta - alpha * gradient / rms, coarse), -coarse)
+                delta = self._onto_floor(images, delta, budget, cap, mask)
             taken += 1
         delta = best_delta if taken else delta.detach()
         detection = best_detection if taken else detection
         with torch.no_grad():
-            delta_rgb = ycbcr_to_rgb(delta).clamp(-cap, cap)
+            delta_rgb = ycbcr_to_rgb(self._full(delta, budget)).clamp(-cap, cap)
         return AttackResult(delta_rgb=delta_rgb, delta_ycbcr=delta.detach(), detection_loss=detection.detach(),
                             steps=taken)

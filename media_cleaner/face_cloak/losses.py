@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masks import rgb_to_ycbcr
+from .masks import box_mean, rgb_to_ycbcr
 from .surrogate import StageOutputs
 
 
@@ -79,14 +79,15 @@ def ssim_map(reference: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
     pad = SSIM_WINDOW // 2
     count = SSIM_WINDOW * SSIM_WINDOW
 
-    def local_mean(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), SSIM_WINDOW, stride=1)
-
-    mu_x, mu_y = local_mean(reference), local_mean(changed)
+    # The five local means in one pass over stacked planes: SSIM runs several times per attack step.
+    channels = reference.shape[1]
+    stacked = torch.cat([reference, changed, reference * reference, changed * changed, reference * changed], dim=1)
+    means = box_mean(F.pad(stacked, (pad, pad, pad, pad), mode="reflect"), SSIM_WINDOW)
+    mu_x, mu_y, mean_xx, mean_yy, mean_xy = means.split(channels, dim=1)
     unbias = count / (count - 1)
-    var_x = (local_mean(reference * reference) - mu_x * mu_x) * unbias
-    var_y = (local_mean(changed * changed) - mu_y * mu_y) * unbias
-    cov = (local_mean(reference * changed) - mu_x * mu_y) * unbias
+    var_x = (mean_xx - mu_x * mu_x) * unbias
+    var_y = (mean_yy - mu_y * mu_y) * unbias
+    cov = (mean_xy - mu_x * mu_y) * unbias
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
 
