@@ -9,6 +9,23 @@ from .config import Settings
 
 FORMAT = "%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"
 _installed: list[logging.Handler] = []
+POLL_PATHS = ("/status/", "/tasks", "/stats", "/health")
+
+
+class QuietPolls(logging.Filter):
+    """Drops uvicorn's access line of a successful poll (GET /status/…, /tasks, /stats, /health); uploads,
+    downloads, deletes and every error are still logged. Clients poll about once a second each: fifty of them
+    wrote 50 lines a second, which rotated start-up lines and stack traces out of the logs within hours and
+    cost about as much CPU as answering the poll. At log level DEBUG every request is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args   # uvicorn's: (client, method, path with query, HTTP version, status code)
+        if isinstance(args, tuple) and len(args) == 5:
+            method, path, status = args[1], args[2], args[4]
+            if method in ("GET", "HEAD") and isinstance(status, int) and 200 <= status < 400 \
+                    and isinstance(path, str) and path.startswith(POLL_PATHS):
+                return False
+        return True
 
 
 def setup_logging(settings: Settings) -> None:
@@ -41,4 +58,9 @@ def setup_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    access = logging.getLogger("uvicorn.access")
+    for old in [f for f in access.filters if isinstance(f, QuietPolls)]:
+        access.removeFilter(old)
+    if settings.log_level != "DEBUG":
+        access.addFilter(QuietPolls())
     logging.getLogger("media_cleaner.queue").addHandler(rotating("queue.log"))

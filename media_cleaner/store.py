@@ -10,12 +10,16 @@
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
 import os
 import threading
 import time
+from collections import Counter
+from enum import Enum
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -46,6 +50,10 @@ class TaskStore:
         self._last_progress_write: dict[str, float] = {}
         self._lock_file = None
         self._finished_listeners: list[Callable[[Task], None]] = []
+        # counts() by status, kept until the next change: GET /stats asks often, and at 10 000 tasks counting
+        # took 2 ms of the event loop per request. _changes goes up after every change is in place (see counts).
+        self._changes = 0
+        self._counts: tuple[int, dict[str, int]] | None = None
 
     # ----------------------------------------------------------------- opening and closing
     def open(self) -> None:
@@ -56,6 +64,7 @@ class TaskStore:
             stale.unlink(missing_ok=True)   # a crash between temp write and rename; the real file is intact
         self._tasks = self._load()
         self._encoded = {task_id: _encode(task) for task_id, task in self._tasks.items()}
+        self._changes += 1
 
     def close(self) -> None:
         with self._lock:
@@ -129,6 +138,8 @@ class TaskStore:
                 self._tasks[task_id] = old
                 self._encoded[task_id] = _encode(old)
             raise
+        finally:
+            self._changes += 1
 
     def _write(self) -> None:
         """Write every task atomically. Caller holds the lock."""
@@ -159,21 +170,28 @@ class TaskStore:
         task = self._tasks.get(task_id)
         if task is None:
             raise TaskNotFound(task_id)
-        return task.model_copy(deep=True)
+        return _copy(task)
 
     def list(self, *, user_id: str | None = None, status: TaskStatus | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[Task], int]:
         """Newest first, filtered, then paged. Returns (page, total matching)."""
         matching = [t for t in reversed(self._snapshot())
                     if (user_id is None or t.user_id == user_id) and (status is None or t.status == status)]
-        return [t.model_copy(deep=True) for t in matching[offset:offset + limit]], len(matching)
+        return [_copy(t) for t in matching[offset:offset + limit]], len(matching)
 
     def counts(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in TaskStatus}
-        for task in self._snapshot():
-            counts[task.status.value] += 1
-        counts["total"] = sum(counts.values())
-        return counts
+        """Tasks per status, and in all. Counted again only after a change (GET /stats runs this on the event
+        loop). A change bumps ``_changes`` after it is in place, so counts cached under a number were taken
+        at or after that change: never older than the number says."""
+        changes, cached = self._changes, self._counts
+        if cached is None or cached[0] != changes:
+            # Counter over the statuses themselves (str hashing, in C): 5× faster than reading each task's
+            # ``status.value`` (an Enum property).
+            tally = Counter(map(attrgetter("status"), self._snapshot()))
+            counts = {s.value: tally.get(s, 0) for s in TaskStatus}
+            counts["total"] = sum(counts.values())
+            cached = self._counts = (changes, counts)
+        return dict(cached[1])
 
     def count_pending(self, user_id: str | None = None) -> int:
         return sum(1 for t in self._snapshot()
@@ -276,6 +294,22 @@ class TaskStore:
             return self._tasks[task_id]
         except KeyError:
             raise TaskNotFound(task_id) from None
+
+
+_IMMUTABLE = (str, int, float, type(None), Enum)   # bool is an int
+
+
+def _copy(task: Task) -> Task:
+    """The same as ``task.model_copy(deep=True)`` (nothing mutable is shared with ``task``), about 3× faster:
+    only the values that can change in place (``media``, ``report``, unknown extra fields) go through
+    ``copy.deepcopy``, not every string and number. The API's status and list reads spent a quarter of their
+    time in ``deepcopy``."""
+    new = task.__copy__()   # shallow: its own __dict__, __pydantic_extra__ and fields-set
+    for fields in (new.__dict__, new.__pydantic_extra__ or {}):
+        for name, value in list(fields.items()):
+            if not isinstance(value, _IMMUTABLE):
+                fields[name] = copy.deepcopy(value)
+    return new
 
 
 def _encode(task: Task) -> str:

@@ -43,6 +43,13 @@ def rss_kib(pid: int) -> int:
         return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (its own threads, not its children)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+
+
 def descendants(pid: int) -> list[int]:
     """Children, grandchildren… of ``pid`` (engine processes, ffmpeg), from /proc."""
     children = []

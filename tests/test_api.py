@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
 from conftest import wait_for
 from media_factory import make_video
 
+from media_cleaner.logs import QuietPolls
 from media_cleaner.protection import PassThroughAudio, PassThroughVideo, Protectors
 
 
@@ -249,3 +251,16 @@ def test_stats_health_and_docs(api):
     body = schema["paths"]["/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["epsilon"]["maximum"] == 0.2 and "file" in body["required"]
     assert schema["paths"]["/upload"]["post"]["operationId"] == "upload_video"
+
+
+def test_successful_polls_are_not_access_logged():
+    def kept(method, path, status):
+        record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                                   ("127.0.0.1:5000", method, path, "1.1", status), None)
+        return QuietPolls().filter(record)
+
+    for path in ("/status/3f2b9c1e", "/tasks?limit=20", "/stats", "/health"):
+        assert not kept("GET", path, 200)
+        assert kept("GET", path, 404) and kept("GET", path, 500)   # errors are still logged
+    assert kept("POST", "/upload", 202) and kept("DELETE", "/tasks/3f2b9c1e", 200)
+    assert kept("GET", "/download/3f2b9c1e", 200) and kept("GET", "/report/3f2b9c1e", 200)

@@ -160,3 +160,47 @@ def test_the_lock_dies_with_the_process(tmp_path):
         again.close()
     finally:
         holder.kill()
+
+
+def test_reads_return_copies_that_share_nothing_mutable(store):
+    store.add(make_task(1, media={"width": 640, "streams": [{"codec": "h264"}]}, report={"faces": {"before": 3}},
+                        future_field={"kept": [1]}))   # an unknown field from a newer tasks.json is kept too
+    original = store.get(f"{1:032x}")
+    for copy in (store.get(f"{1:032x}"), store.list()[0][0]):
+        assert copy == original and copy.model_fields_set == original.model_fields_set
+        copy.media["streams"][0]["codec"] = "changed"
+        copy.report["faces"]["before"] = 0
+        copy.future_field["kept"].append(2)
+        copy.progress = 50.0
+    again = store.get(f"{1:032x}")
+    assert again == original and again.media["streams"][0]["codec"] == "h264"
+    assert again.report == {"faces": {"before": 3}} and again.future_field == {"kept": [1]} and again.progress == 0
+
+
+def test_counts_by_status(store):
+    for i in range(5):
+        store.add(make_task(i))
+    store.update(f"{0:032x}", status=TaskStatus.completed)
+    store.update(f"{1:032x}", status=TaskStatus.failed)
+    assert store.counts() == {"pending": 3, "processing": 0, "completed": 1, "failed": 1, "cancelled": 0,
+                              "total": 5}
+    store.counts()["pending"] = 99   # the caller's copy
+    store.delete(f"{1:032x}")
+    store.claim_next()
+    assert store.counts() == {"pending": 2, "processing": 1, "completed": 1, "failed": 0, "cancelled": 0,
+                              "total": 4}
+
+
+def test_counts_after_a_failed_write_match_memory(store, monkeypatch):
+    store.add(make_task(1))
+    assert store.counts()["pending"] == 1
+
+    def full_disk():
+        raise OSError("No space left on device")
+    monkeypatch.setattr(store, "_write", full_disk)
+    with pytest.raises(OSError):
+        store.update(f"{1:032x}", status=TaskStatus.failed)
+    with pytest.raises(OSError):
+        store.add(make_task(2))
+    assert store.counts() == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0,
+                              "total": 1}

@@ -3,6 +3,12 @@
 ``CurrentUser`` is the caller behind the ``X-API-Key`` header (None when the server has no keys configured:
 open mode). ``TaskDep`` is a task the caller may see: another user's task answers 404, exactly like a task
 that does not exist, so ids cannot be probed.
+
+These dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool,
+one hop (and one wake-up of the event loop) per dependency per request, which was a large part of a status
+poll's CPU. An ``async def`` runs on the event loop itself, so it must never wait: each one below only reads
+memory (the app's state, the key ring loaded at start, the store's lock-free reads; see each docstring). None
+touches the disk or takes a lock a writer may hold while it writes (the store's lock is held during fsync).
 """
 from __future__ import annotations
 
@@ -20,14 +26,18 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Your API key (only when the server has keys configured)")
 
 
-def get_service(request: Request) -> MediaCleanerService:
+async def get_service(request: Request) -> MediaCleanerService:
+    """Non-blocking: an attribute of the app's state."""
     return request.app.state.service
 
 
 ServiceDep = Annotated[MediaCleanerService, Depends(get_service)]
 
 
-def get_current_user(service: ServiceDep, key: Annotated[str | None, Security(api_key_header)]) -> Principal | None:
+async def get_current_user(service: ServiceDep,
+                           key: Annotated[str | None, Security(api_key_header)]) -> Principal | None:
+    """Non-blocking: one SHA-256 of the key and a look-up in the key ring, which lives in memory (loaded from
+    its file once, at start-up), with no lock."""
     if not service.keys.configured:
         return None
     if not key:
@@ -50,7 +60,9 @@ def may_see(user: Principal | None, task: Task) -> bool:
     return user is None or user.is_admin or task.user_id == user.user_id
 
 
-def get_task(task_id: TaskIdPath, service: ServiceDep, user: CurrentUser) -> Task:
+async def get_task(task_id: TaskIdPath, service: ServiceDep, user: CurrentUser) -> Task:
+    """Non-blocking: ``TaskStore.get`` takes no lock and reads no file (a dict look-up and a copy of one task
+    in memory), so it never waits for a writer's fsync."""
     try:
         task = service.store.get(task_id)
     except TaskNotFound:

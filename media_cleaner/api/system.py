@@ -1,4 +1,11 @@
-"""Service-wide resources: ``GET /stats`` (queue counts and limits in force) and ``GET /health``."""
+"""Service-wide resources: ``GET /stats`` (queue counts and limits in force) and ``GET /health``.
+
+Both are ``async def`` (run on the event loop, no thread-pool hop): they read only memory. The store's
+``counts()`` takes no lock (a snapshot of the in-memory tasks), the settings are in memory, and
+``WorkerPool.busy()`` takes the pool's ``_running_lock``, which is only ever held for a dict operation on
+the running tasks (at shutdown, also to set cancel flags and send kill signals): never across a wait, I/O
+or a task's run.
+"""
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -12,7 +19,7 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/stats", operation_id="get_stats", summary="Queue counts and the limits in force")
-def stats(service: ServiceDep, user: CurrentUser) -> dict:
+async def stats(service: ServiceDep, user: CurrentUser) -> dict:
     settings = service.settings
     return {
         "queue": service.store.counts(),
@@ -39,7 +46,7 @@ def stats(service: ServiceDep, user: CurrentUser) -> dict:
 
 
 @router.get("/health", operation_id="get_health", summary="Liveness: answers while the server runs")
-def health(service: ServiceDep) -> dict:
+async def health(service: ServiceDep) -> dict:
     return {"status": "ok", "version": __version__, "workers": service.pool.size,
             "busy": service.pool.busy()}
 

@@ -1,4 +1,10 @@
-"""Task resources: ``GET /status/{id}``, ``GET /tasks``, ``DELETE /tasks/{id}``."""
+"""Task resources: ``GET /status/{id}``, ``GET /tasks``, ``DELETE /tasks/{id}``.
+
+The two reads are ``async def``: they run on the event loop, skipping a thread-pool hop per request (the
+clients poll them). They cannot block: the store's reads take no lock and touch no file (``TaskStore`` keeps
+every task in memory; only writers take its lock, and hold it during fsync). ``DELETE`` writes the store, so
+it stays a plain ``def`` and runs in the thread pool.
+"""
 from __future__ import annotations
 
 from typing import Annotated
@@ -18,17 +24,19 @@ router = APIRouter(tags=["tasks"])
             summary="A task's status and progress", responses=error_responses(404),
             description="`progress` is 0–100 and `eta_s` the estimated seconds left while processing; "
                         "`download_url` appears once the protected file is ready.")
-def get_status(task: TaskDep) -> dict:
+async def get_status(task: TaskDep) -> dict:
     return task.public()
 
 
 @router.get("/tasks", operation_id="list_tasks", response_model=TaskList, summary="List tasks, newest first",
             responses=error_responses(401, 422))
-def list_tasks(service: ServiceDep, user: CurrentUser,
-               user_id: Annotated[str | None, Query(description="Only this owner's tasks", max_length=200)] = None,
-               status: Annotated[TaskStatus | None, Query(description="Only tasks in this state")] = None,
-               limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 50,
-               offset: Annotated[int, Query(ge=0, description="Tasks to skip")] = 0) -> dict:
+async def list_tasks(service: ServiceDep, user: CurrentUser,
+                     user_id: Annotated[str | None, Query(description="Only this owner's tasks",
+                                                          max_length=200)] = None,
+                     status: Annotated[TaskStatus | None, Query(description="Only tasks in this state")] = None,
+                     limit: Annotated[int, Query(ge=1, le=500, description="Page size")] = 50,
+                     offset: Annotated[int, Query(ge=0, description="Tasks to skip")] = 0) -> dict:
+    # Non-blocking: TaskStore.list filters a lock-free snapshot in memory (no file, no lock).
     if user is not None and not user.is_admin:
         user_id = user.user_id   # a user lists only their own tasks, whatever they ask for
     tasks, total = service.store.list(user_id=user_id, status=status, limit=limit, offset=offset)
@@ -41,6 +49,7 @@ def list_tasks(service: ServiceDep, user: CurrentUser,
                            "second and its partial output is removed); the answer is the task. A finished "
                            "task is deleted with its files; the answer is `{\"task_id\": …, \"deleted\": true}`.")
 def cancel_or_delete_task(task: TaskDep, service: ServiceDep) -> dict:
+    # A plain def (thread pool): it writes the store (fsync, under the store's lock) and deletes files.
     store, data_dir = service.store, service.settings.data_dir
     active = [TaskStatus.pending, TaskStatus.processing]
     # The new state is persisted first, then acted on: a crash in between leaves it cancelled.
