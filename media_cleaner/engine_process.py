@@ -296,7 +296,8 @@ def _child_main(config: EngineConfig, jobs: Connection, events: Connection) -> N
     # distributions) each session is a scheduling group of its own, the CPU is shared between groups first and
     # a nice value only counts inside its group: in sessions of their own the nice-10 engines competed with
     # the API as equals (measured on 2 cores, 2 busy engines, 4 clients polling /status: 324-400 requests/s
-    # with the engines at 86-114% of a core; in the server's group 569 requests/s, the engines at 79%).
+    # with the engines at 86-114% of a core; in the server's group 569 requests/s, the engines at 79%;
+    # scripts/engine_share.py).
     os.setpgid(0, 0)
     _exit_with_parent(config.parent_pid)
     os.nice(ENGINE_NICENESS)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from face_cloak_probe import cloak_config, videos  # noqa: E402
 from media_cleaner.evaluation.judges import Box, best_match, detector, embedder  # noqa: E402
 from media_cleaner.evaluation.media import probe, read_frames  # noqa: E402
-from media_cleaner.evaluation.metrics import frame_ssim  # noqa: E402
+from media_cleaner.evaluation.metrics import frame_ssim, video_quality  # noqa: E402
 from media_cleaner.evaluation.reencode import platform_reencode  # noqa: E402
 from media_cleaner.face_cloak import FaceCloak  # noqa: E402
 from media_cleaner.ffmpeg_bin import find_ffmpeg  # noqa: E402
@@ -57,11 +57,11 @@ def keyframes(clips: list[Path], cache: Path) -> list[tuple[str, np.ndarray]]:
     return frames
 
 
-def encode(frame: np.ndarray, target: Path) -> None:
-    """A 3-frame still clip, coded as the pipeline codes (libx264 CRF 17, yuv420p)."""
+def encode(frame: np.ndarray, target: Path, crf: int = 17) -> None:
+    """A 3-frame still clip, coded as the pipeline codes (libx264 CRF 17, yuv420p); CRF 0 is lossless."""
     height, width = frame.shape[:2]
     subprocess.run([FFMPEG, "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-                    "-r", "25", "-i", "-", "-c:v", "libx264", "-crf", "17", "-preset", "fast", "-pix_fmt", "yuv420p",
+                    "-r", "25", "-i", "-", "-c:v", "libx264", "-crf", str(crf), "-preset", "fast", "-pix_fmt", "yuv420p",
                     str(target)], input=np.stack([frame] * 3).tobytes(), check=True)
 
 
@@ -71,15 +71,6 @@ def decode(path: Path, width: int, height: int) -> np.ndarray:
                              "-sws_flags", "bicubic", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                             capture_output=True, check=True)
     return np.frombuffer(result.stdout[:width * height * 3], np.uint8).reshape(height, width, 3)
-
-
-def vmaf(original_png: Path, delivered: Path, width: int, height: int) -> float:
-    result = subprocess.run([FFMPEG, "-hide_banner", "-i", str(delivered), "-i", str(original_png), "-lavfi",
-                             f"[0:v]scale={width}:{height},format=yuv420p,trim=end_frame=1[d];"
-                             "[1:v]format=yuv420p[r];[d][r]libvmaf", "-f", "null", "-"],
-                            capture_output=True, text=True)
-    scores = [line.split()[-1] for line in result.stderr.splitlines() if "VMAF score" in line]
-    return float(scores[-1]) if scores else float("nan")
 
 
 def strip(original: np.ndarray, delivered: np.ndarray, box: Box, target: Path) -> None:
@@ -97,14 +88,14 @@ def strip(original: np.ndarray, delivered: np.ndarray, box: Box, target: Path) -
 def score(frame: np.ndarray, protected: np.ndarray, work: Path, tag: str) -> tuple[dict, Box | None, np.ndarray]:
     """One keyframe's figures; also the face box and the delivered frame (for the strip)."""
     height, width = frame.shape[:2]
-    original_png, delivered, reencoded = work / f"{tag}_o.png", work / f"{tag}_d.mp4", work / f"{tag}_r.mp4"
-    cv2.imwrite(str(original_png), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    original, delivered, reencoded = work / f"{tag}_o.mp4", work / f"{tag}_d.mp4", work / f"{tag}_r.mp4"
+    encode(frame, original, crf=0)   # the lossless reference VMAF compares with
     encode(protected, delivered)
     platform_reencode(delivered, reencoded)
     variants = {"D": decode(delivered, width, height), "R": decode(reencoded, width, height)}
     reference = {name: detector(name).detect(frame) for name in JUDGES}
     boxes = [b.clipped(width, height) for b in (reference["mtcnn"] or reference["dlib_hog"])]
-    row = {"vmaf": vmaf(original_png, delivered, width, height)}
+    row = {"vmaf": video_quality(str(original), str(delivered), probe(original))["vmaf"]}
     if boxes:
         row["face_ssim"] = float(np.mean([frame_ssim(frame[int(b.y0):int(b.y1), int(b.x0):int(b.x1)],
                                                      variants["D"][int(b.y0):int(b.y1), int(b.x0):int(b.x1)])
