@@ -69,12 +69,6 @@ def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, 
             "vmaf": float(score[-1]) if score else None}
 
 
-def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Luma PSNR of two RGB frames of the same size (inf when identical)."""
-    mse = float(np.mean((luma(a) - luma(b)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
 def frame_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Luma SSIM of two RGB frames (or crops) of the same size, scikit-image's Gaussian-free default."""
     from skimage.metrics import structural_similarity
