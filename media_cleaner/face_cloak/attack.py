@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blazeface import INPUT_SIZE as BLAZEFACE_INPUT, BlazeFace
-from .losses import CloakLoss, blazeface_loss, perceptual_penalty, structural_dissimilarity
+from .losses import CloakLoss, perceptual_penalty, structural_dissimilarity
 from .masks import perceptual_budget, ycbcr_to_rgb
 from .surrogate import MTCNNSurrogate
 from .transforms import RandomPipeline
@@ -99,8 +98,6 @@ class CloakPGD(Attack):
             frequencies — the ones that survive codecs and downscales and transfer between detectors (Guo
             et al., "Low Frequency Adversarial Perturbation", UAI 2019), and that SSIM and VMAF, which look
             at local structure, weigh least. 1: per pixel. Default: 1.
-        second (BlazeFace | None): a second white-box detector for the ensemble, weighted by ``loss.blazeface``;
-            it sees each transformed crop resized to its 128 px input. Default: None.
         should_stop (callable | None): polled between steps; True abandons the run. Default: None.
 
     Shapes:
@@ -115,13 +112,11 @@ class CloakPGD(Attack):
     def __init__(self, model: MTCNNSurrogate, epsilon: float = 0.12, steps: int = 20, step_size: float = 0.6,
                  eot_samples: int = 2, loss: CloakLoss | None = None, transform: nn.Module | None = None,
                  chroma_ratio: float = 0.3, texture_floor: float = 0.35, max_dissimilarity: float | None = None,
-                 structural: float = 0.3, smooth: int = 1, second: BlazeFace | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 structural: float = 0.3, smooth: int = 1, should_stop: Callable[[], bool] | None = None):
         super().__init__(model, should_stop)
         self.max_dissimilarity, self.structural, self.smooth = max_dissimilarity, structural, max(1, int(smooth))
         self.epsilon, self.steps, self.step_size, self.eot_samples = epsilon, steps, step_size, eot_samples
         self.loss = loss or CloakLoss()
-        self.second = second.eval() if second is not None and self.loss.blazeface > 0 else None
         self.transform = transform or RandomPipeline()
         self.chroma_ratio, self.texture_floor = chroma_ratio, texture_floor
 
@@ -129,8 +124,7 @@ class CloakPGD(Attack):
         return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
                 "eot_samples": self.eot_samples, "loss": self.loss, "chroma_ratio": self.chroma_ratio,
                 "texture_floor": self.texture_floor, "max_dissimilarity": self.max_dissimilarity,
-                "structural": self.structural, "smooth": self.smooth,
-                "second": type(self.second).__name__ if self.second is not None else None}
+                "structural": self.structural, "smooth": self.smooth}
 
     def variable_size(self, height: int, width: int) -> tuple[int, int]:
         """Height and width of the optimisation variable for crops of ``height`` × ``width``."""
@@ -185,14 +179,9 @@ class CloakPGD(Attack):
             full = self._full(delta, budget)
             adversarial = self._adversarial(images, full, cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
-            seen = torch.cat([image for image, _ in journeys])
-            outputs = self.model.stage_outputs(seen, torch.cat([box for _, box in journeys]))
+            outputs = self.model.stage_outputs(torch.cat([image for image, _ in journeys]),
+                                               torch.cat([box for _, box in journeys]))
             per_sample = self.loss.detection(outputs, clean_landmarks.repeat(self.eot_samples, 1, 1))
-            if self.second is not None:
-                # The whole crop at BlazeFace's input size (the face about 80 px wide in 128, where it is sure).
-                logits, _ = self.second(F.interpolate(seen, size=(BLAZEFACE_INPUT, BLAZEFACE_INPUT), mode="bilinear",
-                                                      antialias=True, align_corners=False))
-                per_sample = per_sample + self.loss.blazeface * blazeface_loss(logits, self.loss.margin)
             detection = per_sample.view(self.eot_samples, batch).mean(dim=0)
             total = detection + self.loss.perceptual * perceptual_penalty(full, budget)
             if self.max_dissimilarity is not None and self.structural > 0:

@@ -27,7 +27,6 @@ import torch
 from ..params import DEFAULT_EPSILON, ProtectionParams
 from ..protection import VideoStreamInfo
 from .attack import CloakPGD
-from .blazeface import load_blazeface
 from .losses import CloakLoss
 from .masks import face_mask
 from .surrogate import load_surrogate
@@ -77,7 +76,6 @@ class CloakConfig:
     structural: float = 0.3
     smooth: int = 1
     margin: float = 3.0
-    blazeface: float = 0.0
     scene_cut_threshold: float = 30.0
 
 
@@ -172,9 +170,7 @@ class FaceCloak:
             warm: CloakPGD(self.surrogate, epsilon=self.epsilon,
                            steps=max(1, round((config.warm_steps if warm else config.cold_steps) * strength)),
                            step_size=config.step_size, eot_samples=config.eot_samples,
-                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin,
-                                          blazeface=config.blazeface),
-                           second=load_blazeface(self.device) if config.blazeface > 0 else None,
+                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin),
                            chroma_ratio=config.chroma_ratio, texture_floor=config.texture_floor,
                            max_dissimilarity=floor, structural=config.structural, smooth=config.smooth,
                            should_stop=self._stopping)

@@ -40,11 +40,6 @@ def pnet_loss(outputs: StageOutputs, margin: float = 3.0, temperature: float = 1
     return torch.stack(terms, dim=0).mean(dim=0)
 
 
-def blazeface_loss(logits: torch.Tensor, margin: float = 3.0, temperature: float = 1.0) -> torch.Tensor:
-    """Smooth maximum over BlazeFace's 896 anchors of its hinged face logits (B, 896); (B,)."""
-    return _soft_max(torch.relu(logits + margin), temperature)
-
-
 def acceptance_loss(outputs: StageOutputs, margin: float = 3.0) -> torch.Tensor:
     """Mean hinged R-Net and O-Net face logits over the jittered boxes; (B,)."""
     return (torch.relu(outputs.rnet_logits + margin).mean(dim=1)
@@ -123,14 +118,12 @@ class CloakLoss:
         landmarks (float): weight of :func:`landmark_loss`. Default: 0.5.
         perceptual (float): weight of :func:`perceptual_penalty`. Default: 0.3.
         margin (float): logit hinge κ for the detection terms. Default: 3.0 (p(face) ≈ 0.05).
-        blazeface (float): weight of :func:`blazeface_loss`, the second surrogate of the ensemble; 0 leaves
-            BlazeFace out. Default: 0.0.
     """
 
     def __init__(self, pnet: float = 1.0, acceptance: float = 1.0, landmarks: float = 0.5,
-                 perceptual: float = 0.3, margin: float = 3.0, blazeface: float = 0.0):
+                 perceptual: float = 0.3, margin: float = 3.0):
         self.pnet, self.acceptance, self.landmarks, self.perceptual = pnet, acceptance, landmarks, perceptual
-        self.margin, self.blazeface = margin, blazeface
+        self.margin = margin
 
     def detection(self, outputs: StageOutputs, clean_landmarks: torch.Tensor) -> torch.Tensor:
         """The terms that make the face undetectable (without the perceptual penalty); (B,)."""
@@ -140,4 +133,4 @@ class CloakLoss:
 
     def __repr__(self) -> str:
         return (f"CloakLoss(pnet={self.pnet}, acceptance={self.acceptance}, landmarks={self.landmarks}, "
-                f"perceptual={self.perceptual}, margin={self.margin}, blazeface={self.blazeface})")
+                f"perceptual={self.perceptual}, margin={self.margin})")
