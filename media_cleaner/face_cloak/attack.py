@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import hog_descriptors, hog_similarity
 from .losses import CloakLoss, perceptual_penalty, structural_dissimilarity
 from .masks import perceptual_budget, ycbcr_to_rgb
 from .surrogate import MTCNNSurrogate
@@ -164,8 +163,6 @@ class CloakPGD(Attack):
         cap = self.epsilon * mask
         with torch.no_grad():
             clean_landmarks = self.model.stage_outputs(images, boxes).landmarks
-            clean_hog = [d.repeat(self.eot_samples, 1) for d in hog_descriptors(images, boxes)] \
-                if self.loss.hog > 0 else []
         # The variable's own caps: the budget on its grid (the exact per-pixel caps apply after upsampling).
         coarse = budget if self.smooth == 1 else F.adaptive_avg_pool2d(budget, self.variable_size(*budget.shape[-2:]))
         delta = torch.zeros_like(coarse) if init is None else torch.maximum(torch.minimum(init.to(coarse), coarse),
@@ -182,11 +179,9 @@ class CloakPGD(Attack):
             full = self._full(delta, budget)
             adversarial = self._adversarial(images, full, cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
-            seen, seen_boxes = torch.cat([image for image, _ in journeys]), torch.cat([box for _, box in journeys])
-            outputs = self.model.stage_outputs(seen, seen_boxes)
+            outputs = self.model.stage_outputs(torch.cat([image for image, _ in journeys]),
+                                               torch.cat([box for _, box in journeys]))
             per_sample = self.loss.detection(outputs, clean_landmarks.repeat(self.eot_samples, 1, 1))
-            if clean_hog:
-                per_sample = per_sample + self.loss.hog * hog_similarity(seen, seen_boxes, clean_hog)
             detection = per_sample.view(self.eot_samples, batch).mean(dim=0)
             total = detection + self.loss.perceptual * perceptual_penalty(full, budget)
             if self.max_dissimilarity is not None and self.structural > 0:

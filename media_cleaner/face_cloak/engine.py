@@ -76,7 +76,6 @@ class CloakConfig:
     structural: float = 0.3
     smooth: int = 1
     margin: float = 3.0
-    hog: float = 0.0
     scene_cut_threshold: float = 30.0
 
 
@@ -171,7 +170,7 @@ class FaceCloak:
             warm: CloakPGD(self.surrogate, epsilon=self.epsilon,
                            steps=max(1, round((config.warm_steps if warm else config.cold_steps) * strength)),
                            step_size=config.step_size, eot_samples=config.eot_samples,
-                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin, hog=config.hog),
+                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin),
                            chroma_ratio=config.chroma_ratio, texture_floor=config.texture_floor,
                            max_dissimilarity=floor, structural=config.structural, smooth=config.smooth,
                            should_stop=self._stopping)

@@ -121,9 +121,9 @@ class CloakLoss:
     """
 
     def __init__(self, pnet: float = 1.0, acceptance: float = 1.0, landmarks: float = 0.5,
-                 perceptual: float = 0.3, margin: float = 3.0, hog: float = 0.0):
+                 perceptual: float = 0.3, margin: float = 3.0):
         self.pnet, self.acceptance, self.landmarks, self.perceptual = pnet, acceptance, landmarks, perceptual
-        self.margin, self.hog = margin, hog
+        self.margin = margin
 
     def detection(self, outputs: StageOutputs, clean_landmarks: torch.Tensor) -> torch.Tensor:
         """The terms that make the face undetectable (without the perceptual penalty); (B,)."""
