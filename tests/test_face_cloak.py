@@ -22,6 +22,7 @@ from media_cleaner.face_cloak import CloakConfig, FaceCloak, load_surrogate
 from media_cleaner.face_cloak.attack import CloakPGD
 from media_cleaner.face_cloak.engine import _Crop
 from media_cleaner.face_cloak.masks import face_mask
+from media_cleaner.face_cloak.transforms import BlockCodec, RandomPipeline
 from media_cleaner.params import ProtectionParams
 from media_cleaner.pipeline import CancelToken, TaskCancelled, protect_video
 from media_cleaner.protection import PassThroughVideo, Protectors, VideoStreamInfo, build_protectors
@@ -208,3 +209,17 @@ def test_visibility_floor_holds_and_loosens_with_the_budget(astronaut):
     assert dissimilarity(0.01) <= 0.01 * 1.001
     floors = [FaceCloak.allowed_dissimilarity(e, CloakConfig()) for e in (0.04, 0.08, 0.12, 0.2, 0.4)]
     assert floors == sorted(floors) and len(set(floors)) == len(floors)   # stronger settings: looser floor
+    config = CloakConfig()   # the law passes through its two measured anchors
+    assert floors[2] == pytest.approx(config.face_dissimilarity)
+    assert floors[4] == pytest.approx(min(config.strongest_face_dissimilarity, config.max_face_dissimilarity))
+
+
+def test_random_journey_codec_is_optional_and_lossy(astronaut):
+    """The attack's model of what follows it: without its optional steps and codec a journey changes nothing;
+    the codec alone changes the face but keeps it (a JPEG-like round trip, not noise)."""
+    _, image, box, _ = astronaut_face_crop(astronaut)
+    untouched, same_box = RandomPipeline(p_diversity=0, p_resample=0, p_blur=0, codec=False)(image, box)
+    assert torch.equal(untouched, image.clamp(-1, 1)) and torch.equal(same_box, box)
+    coded, _ = RandomPipeline(p_diversity=0, p_resample=0, p_blur=0, codec=BlockCodec(quality=(60, 60)))(image, box)
+    error = (coded - image).abs()
+    assert error.mean() > 1 / 255 and error.mean() < 10 / 255, float(error.mean())

@@ -159,18 +159,19 @@ class RandomPipeline(nn.Module):
 
     Arguments:
         p_diversity, p_resample, p_blur (float): probability of each optional step. Defaults: 0.5, 0.5, 0.3.
-        codec (BlockCodec | None): the final lossy coding; None leaves it out. Default: ``BlockCodec()``.
+        codec (BlockCodec | bool): the final lossy coding; True: ``BlockCodec()``, False: none. Default: True.
     """
 
     def __init__(self, p_diversity: float = 0.5, p_resample: float = 0.5, p_blur: float = 0.3,
-                 codec: BlockCodec | None = None):
+                 codec: BlockCodec | bool = True):
         super().__init__()
         self.steps = [(p_diversity, InputDiversity()), (p_resample, Resample()), (p_blur, GaussianBlur())]
-        self.codec = codec if codec is not None else BlockCodec()
+        self.codec = BlockCodec() if codec is True else codec or None
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for probability, step in self.steps:
             if random.random() < probability:
                 images, boxes = step(images, boxes)
-        images, boxes = self.codec(images, boxes)
+        if self.codec is not None:
+            images, boxes = self.codec(images, boxes)
         return images.clamp(-1, 1), boxes
