@@ -57,6 +57,13 @@ def keyframes(clips: list[Path], cache: Path) -> list[tuple[str, np.ndarray]]:
     return frames
 
 
+def dev_keyframes(cache: str | Path) -> list[tuple[str, np.ndarray]]:
+    """:func:`keyframes` of the :data:`DEV_CLIPS` in ../shared/media/dev/videos, decoded once into ``cache``."""
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    return keyframes([root / f"{name}.mp4" for name in DEV_CLIPS], Path(cache))
+
+
 def encode(frame: np.ndarray, target: Path, crf: int = 17) -> None:
     """A 3-frame still clip, coded as the pipeline codes (libx264 CRF 17, yuv420p); CRF 0 is lossless."""
     height, width = frame.shape[:2]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from face_cloak_keyframes import DEV_CLIPS, keyframes  # noqa: E402
+from face_cloak_keyframes import dev_keyframes  # noqa: E402
 from media_cleaner.evaluation.judges import best_match, detector  # noqa: E402
 from media_cleaner.face_cloak import CloakConfig, load_surrogate  # noqa: E402
 from media_cleaner.face_cloak.engine import _Crop  # noqa: E402
@@ -93,12 +93,10 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
-    Path(args.cache).mkdir(parents=True, exist_ok=True)
     surrogate, mtcnn, config = load_surrogate(), detector("mtcnn"), CloakConfig()
     cap = args.epsilon * args.strength
     found = []
-    for clip, frame in keyframes([root / f"{name}.mp4" for name in DEV_CLIPS], Path(args.cache)):
+    for clip, frame in dev_keyframes(args.cache):
         reference = mtcnn.detect(frame)
         faces = surrogate.detect(frame)
         if not reference or not faces:

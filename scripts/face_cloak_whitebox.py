@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from face_cloak_keyframes import DEV_CLIPS, keyframes  # noqa: E402
+from face_cloak_keyframes import dev_keyframes  # noqa: E402
 from face_cloak_probe import cloak_config  # noqa: E402
 from media_cleaner.evaluation.judges import best_match, detector  # noqa: E402
 from media_cleaner.face_cloak import FaceCloak  # noqa: E402
@@ -42,12 +42,10 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
-    Path(args.cache).mkdir(parents=True, exist_ok=True)
     mtcnn = detector("mtcnn")
     params = ProtectionParams(epsilon=args.epsilon, video_strength=args.strength)
     found = []
-    for clip, frame in keyframes([root / f"{name}.mp4" for name in DEV_CLIPS], Path(args.cache)):
+    for clip, frame in dev_keyframes(args.cache):
         reference = mtcnn.detect(frame)
         if not reference:
             continue
