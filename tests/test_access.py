@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -114,7 +115,13 @@ def test_retention_drops_inputs_expires_outputs_prunes_tasks(api_factory, clip, 
     api = api_factory(output_retention_hours=1, task_retention_days=2)
     task = upload(api, clip).json()
     done = wait_for(api, task["task_id"])
-    assert not (tmp_path / task["input_video"]).exists()          # the upload goes once the task is done
+    # The upload goes once the task is done: the store's listener deletes it just after the status is
+    # committed (in that order, so a crash between the two cannot lose a finished task's state), and a
+    # lock-free status read can land in between.
+    upload_path, deadline = tmp_path / task["input_video"], time.monotonic() + 5
+    while upload_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not upload_path.exists()
     service = api.app.state.service
     later = datetime.now(timezone.utc) + timedelta(hours=2)
     assert sweep(service.settings, service.store, later) == {"expired": 1, "pruned": 0}
