@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Callable
 
-from .jobs import Job, run_job
+from .jobs import Job, run_job, warm_up
 from .pipeline import CancelToken, TaskCancelled
 from .probe import MediaError
 
@@ -246,26 +246,6 @@ def _load_factory(path: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def _warm_up(config: EngineConfig) -> None:
-    started = time.monotonic()
-    try:
-        from .protection import import_model_packages, warm_up_engines
-        import_model_packages()
-        import torch
-        torch.set_num_threads(config.threads)
-        warm_up_engines()
-    except Exception:   # a task will report the same problem with its own words
-        log.exception("warming up the protection engines failed")
-    else:
-        log.info("protection engines ready (%.1f s)", time.monotonic() - started)
-    if config.warm_up_report:
-        try:
-            from .evaluation.report import warm_up as warm_up_report
-            warm_up_report()
-        except Exception:   # the report of the first task will say what is wrong
-            log.warning("loading the protection report's models failed", exc_info=True)
-
-
 def _run(job: Job, config: EngineConfig, channel: _Channel) -> tuple:
     """One job in the child; the message that answers it."""
     last_sent = 0.0
@@ -308,7 +288,7 @@ def _child_main(config: EngineConfig, jobs: Connection, events: Connection) -> N
     root.handlers[:] = [_LogForwarder(channel)]
     root.setLevel(config.log_level)
     if config.warm_up:
-        _warm_up(config)
+        warm_up(report=config.warm_up_report, threads=config.threads)
     while True:
         try:
             job = jobs.recv()

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Callable
 
 from .evaluation.report import build_task_report
+from .evaluation.report import warm_up as warm_up_report
 from .params import ProtectionParams
 from .pipeline import CancelToken, TaskCancelled, protect_video
-from .protection import Protectors
+from .protection import Protectors, warm_up_engines
 
 log = logging.getLogger("media_cleaner.queue")
 
@@ -71,3 +72,25 @@ def _report(job: Job, preview: Path, protect_seconds: float, cancel: CancelToken
                 "error": f"The protection report could not be made ({type(exc).__name__}: {exc})."}
     report["preview"] = str(preview.relative_to(job.data_dir))
     return report
+
+
+def warm_up(report: bool, threads: int | None = None) -> None:
+    """Load what the first task would otherwise load: the engines' models and, with ``report``, the task
+    report's; ``threads`` sets torch's share first. Runs wherever the jobs will run (a worker's background
+    thread, or an engine process at its start). Failures are logged, never raised: the first task reports the
+    same problem in its own words."""
+    started = time.monotonic()
+    try:
+        if threads is not None:
+            import torch
+            torch.set_num_threads(threads)
+        warm_up_engines()
+    except Exception:
+        log.exception("warming up the protection engines failed")
+    else:
+        log.info("protection engines ready (%.1f s)", time.monotonic() - started)
+    if report:
+        try:
+            warm_up_report()
+        except Exception:
+            log.warning("loading the protection report's models failed", exc_info=True)

@@ -139,7 +139,7 @@ def build_protectors(params: ProtectionParams, *, device: str | None = None, thr
 def warm_up_engines() -> None:
     """Load models and compile what is slow to start, so the first task does not pay for it.
 
-    The service calls this once at start-up, in a background thread.
+    :func:`media_cleaner.jobs.warm_up` calls this once at start-up, where the jobs will run.
     """
     import_model_packages()
     from .voice_mask.engine import warm_up as warm_up_voice_mask

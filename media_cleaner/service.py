@@ -9,15 +9,12 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import threading
-import time
 
 from .config import Settings
 from .ffmpeg_bin import find_ffmpeg
 from .logs import setup_logging
 from .auth import KeyRing
 from .models import Task, TaskStatus
-from .protection import warm_up_engines
 from .retention import Janitor, drop_input
 from .store import TaskStore
 from .webhooks import WebhookSender
@@ -61,21 +58,9 @@ class MediaCleanerService:
                 self._task_finished(task, resend=task.webhook_status in (None, "pending"))
         self.store.on_finished(self._task_finished)
         self.janitor.start()
-        self.pool.start()
-        # With engine processes each of them warms up its own engines: this process stays light.
-        if settings.warm_up and not getattr(self.pool, "isolated", False):
-            threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+        self.pool.start()   # and the models' warm-up, where the jobs will run
         self.started = True
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s", settings.data_dir, self.ffmpeg)
-
-    def _warm_up(self) -> None:
-        started = time.monotonic()
-        try:
-            warm_up_engines()
-        except Exception:   # a task will report the same problem with its own words
-            log.exception("warming up the protection engines failed")
-        else:
-            log.info("protection engines ready (%.1f s)", time.monotonic() - started)
 
     def stop(self) -> None:
         if self.started:

@@ -25,8 +25,7 @@ from pathlib import Path
 from .config import Settings
 from .engine_process import EngineConfig, EngineCrashed, EngineProcess
 from .evaluation.report import preview_file_name
-from .evaluation.report import warm_up as warm_up_report
-from .jobs import Job, ProtectorFactory, run_job
+from .jobs import Job, ProtectorFactory, run_job, warm_up
 from .models import TaskStatus, utc_now
 from .params import ProtectionParams
 from .pipeline import CancelToken, TaskCancelled
@@ -89,16 +88,11 @@ class WorkerPool:
             self._threads.append(thread)
         log.info("worker pool started: %d workers, %d threads each%s", self.size, settings.threads_per_worker,
                  ", engines in child processes" if self.isolated else "")
-        # The report's models load here only when the reports are made here (else each engine process does it).
-        if settings.warm_up and settings.task_reports and not self.isolated:   # the engines' warm-up switch too
-            threading.Thread(target=self._warm_up_report, name="report-warm-up", daemon=True).start()
-
-    @staticmethod
-    def _warm_up_report() -> None:
-        try:
-            warm_up_report()
-        except Exception:   # the report of the first task will say what is wrong
-            log.warning("loading the protection report's models failed", exc_info=True)
+        # The models load where the jobs run: each engine process warms up its own (see EngineConfig), so this
+        # process stays light; without them, once here in the background.
+        if settings.warm_up and not self.isolated:
+            threading.Thread(target=warm_up, kwargs={"report": settings.task_reports}, name="warm-up",
+                             daemon=True).start()
 
     def notify(self) -> None:
         """A task was queued: wake one idle worker."""
