@@ -30,16 +30,16 @@ Library::
 
 Command line (progress bars go to stderr, results to stdout)::
 
-    python client.py protect in.mp4 -o out.mp4 --epsilon 0.12 --audio-level medium
-    python client.py protect in.mp4 --server http://gpu-box:8000 --api-key SECRET
-    python client.py upload in.mp4 --every-n-frames 5      # prints the task JSON
-    python client.py status TASK_ID
-    python client.py wait TASK_ID                            # resume after Ctrl-C
-    python client.py download TASK_ID -o out.mp4
-    python client.py list --status completed --limit 10
-    python client.py cancel TASK_ID
-    python client.py stats
-    python client.py health
+    .venv/bin/python client.py protect in.mp4 -o out.mp4 --epsilon 0.12 --audio-level medium
+    .venv/bin/python client.py protect in.mp4 --server http://gpu-box:8000 --api-key SECRET
+    .venv/bin/python client.py upload in.mp4 --every-n-frames 5      # prints the task JSON
+    .venv/bin/python client.py status TASK_ID
+    .venv/bin/python client.py wait TASK_ID                            # resume after Ctrl-C
+    .venv/bin/python client.py download TASK_ID -o out.mp4
+    .venv/bin/python client.py list --status completed --limit 10
+    .venv/bin/python client.py cancel TASK_ID
+    .venv/bin/python client.py stats
+    .venv/bin/python client.py health
 
 The server URL and API key default to the environment variables ``MEDIA_CLEANER_URL`` and
 ``MEDIA_CLEANER_API_KEY`` (then ``http://127.0.0.1:8000`` and no key).
@@ -58,6 +58,7 @@ import json
 import mimetypes
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -88,8 +89,27 @@ ENV_BASE_URL = "MEDIA_CLEANER_URL"
 ENV_API_KEY = "MEDIA_CLEANER_API_KEY"
 API_KEY_HEADER = "X-API-Key"
 USER_AGENT = f"media-cleaner-client/{__version__} httpx/{httpx.__version__}"
-SERVER_START_HINT = "python run_server.py"
-CLI_NAME = "python client.py"
+
+
+def _cli_name() -> str:
+    """How to run this client again, for the hints it prints: the interpreter as the user can type it (a venv's
+    python relative to the current folder, else ``python3``: plain ``python`` is missing on stock Debian)."""
+    def near(path: str, otherwise: str) -> str:   # relative to the current folder when inside it
+        try:
+            relative = os.path.relpath(path)
+        except ValueError:   # another drive (Windows)
+            return otherwise
+        return otherwise if relative.startswith("..") else relative
+
+    interpreter = near(sys.executable, "python3")
+    if os.sep not in interpreter and interpreter != "python3":
+        interpreter = "." + os.sep + interpreter
+    script = near(os.path.abspath(__file__), os.path.abspath(__file__))
+    return f"{shlex.quote(interpreter)} {shlex.quote(script)}"
+
+
+CLI_NAME = _cli_name()
+SERVER_START_HINT = CLI_NAME.rsplit(" ", 1)[0] + " run_server.py"
 
 # connect: TCP/TLS set-up; read: longest silence while waiting for a response byte; write: longest
 # single socket write (uploads of big videos over a slow link need a generous one); pool: waiting
@@ -904,6 +924,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video file")
     p.add_argument("-o", "--output", help="output file or directory (default: <input>_protected.mp4)")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    p.add_argument("--json", action="store_true",
+                   help="print the task, where the video was saved and its report as JSON (for scripts)")
 
     p = sub.add_parser("upload", parents=[common, params], help="upload a video, print the task JSON")
     p.add_argument("input", help="video file")
@@ -938,6 +960,31 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _upload_params(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in UPLOAD_FIELDS if getattr(args, k, None) is not None}
+
+
+def verdict(report: dict) -> str:
+    """The task report in one plain line: what the protection achieved, as the service measured it."""
+    if report.get("error") or report.get("note"):
+        return f"report: {report.get('error') or report.get('note')}"
+    parts = []
+    mtcnn = (report.get("detection") or {}).get("mtcnn") or {}
+    if mtcnn.get("protected_rate") is not None and mtcnn.get("original_rate"):
+        parts.append(f"faces still found by MTCNN in {mtcnn['protected_rate']:.0%} of sampled frames "
+                     f"(original {mtcnn['original_rate']:.0%})")
+    elif mtcnn.get("original_rate") == 0:
+        parts.append("no face in the sampled frames")
+    speaker = report.get("speaker") or {}
+    if speaker.get("similarity") is not None:
+        parts.append(f"voice {'still matches' if speaker.get('match') else 'no longer matches'} the speaker "
+                     f"(similarity {speaker['similarity']:.2f}, threshold {speaker['threshold']:.2f})")
+    elif speaker.get("note"):
+        parts.append(f"voice: {speaker['note']}")
+    if report.get("psnr") is not None:
+        parts.append(f"picture PSNR {report['psnr']:.1f} dB, SSIM {report.get('ssim', 0):.3f}")
+    if not parts:
+        return "report: nothing was measured"
+    # The report's judges are the engines' own white-box surrogates: an upper bound on the protection.
+    return "report (white-box surrogates, an upper bound): " + "; ".join(parts)
 
 
 def _print_json(data: Any) -> None:
@@ -993,7 +1040,15 @@ def _run(args: argparse.Namespace, client: MediaCleanerClient, quiet: bool) -> i
                                f"Download it with: {CLI_NAME} download {task_id} -o {output}") from None
         finally:
             bar.finish()
-        print(f"protected video saved to {saved.resolve()}")
+        try:
+            report = client.report(task_id)
+        except MediaCleanerError as exc:   # an old server, or one with reports off
+            report = {"note": f"no report ({exc})"}
+        if args.json:
+            _print_json({"task": client.status(task_id), "saved_to": str(saved.resolve()), "report": report})
+        else:
+            print(f"protected video saved to {saved.resolve()}")
+            print(verdict(report))
         return 0
     if cmd == "wait":
         _print_json(waiting(args.task_id, args.timeout, f"{CLI_NAME} wait {args.task_id}"))
@@ -1048,6 +1103,14 @@ def main(argv: Optional[list[str]] = None, *, transport: Optional[httpx.BaseTran
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`client.py status ID | head`): not an error to report. Python's own advice:
+        # point stdout at devnull so the interpreter's final flush does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):   # stdout is not a file (captured)
+            pass
+        return 1
     except (MediaCleanerError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code(exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 from .auth import ROLES, KeyConfigError, KeyRing, add_key, revoke_user
 from .config import Settings
 from .evaluation import EvaluationError
+from .ffmpeg_bin import FFmpegNotFound, inspect_ffmpeg
 from .params import AUDIO_LEVELS, ParameterError, ProtectionParams
 from .pipeline import protect_video
 from .probe import MediaError
@@ -70,6 +71,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise MediaError(f"{source} does not exist or is not a file.")
     threads = args.threads or settings.threads_per_worker * settings.max_concurrent_tasks
+    ffmpeg = inspect_ffmpeg(settings.ffmpeg).path   # refuses an ffmpeg the pipeline cannot use
     started = time.monotonic()
     bar = ProgressLine("protecting")
     work = Path(tempfile.mkdtemp(prefix="media_cleaner_"))
@@ -77,7 +79,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
         info = protect_video(source, output, params, protectors=build_protectors(params, threads=threads),
                              progress=bar, temp_dir=work, threads=threads, crf=settings.video_crf,
                              preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
-                             ffmpeg=settings.ffmpeg)
+                             ffmpeg=ffmpeg, stall_timeout_s=settings.ffmpeg_stall_timeout_s)
     finally:
         bar.done()
         shutil.rmtree(work, ignore_errors=True)
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ParameterError, MediaError, KeyConfigError, UsageError, EvaluationError) as exc:
+    except (ParameterError, MediaError, KeyConfigError, UsageError, EvaluationError, FFmpegNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

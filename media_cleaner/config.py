@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     max_video_size_gb: float = Field(2.0, gt=0, le=1024)
     supported_video_formats: list[str] = Field(default_factory=lambda: list(SUPPORTED_VIDEO_FORMATS))
     max_attempts: int = Field(3, ge=1, le=20, description="A task interrupted this many times fails")
+    ffmpeg_stall_timeout_s: float = Field(60.0, ge=1.0, le=3600.0,
+                                          description="An ffmpeg child that reads or writes no frame for this "
+                                                      "long is killed and its task fails; /health reports a "
+                                                      "worker without progress for this long")
+    task_stall_timeout_s: float = Field(900.0, ge=10.0, le=86400.0,
+                                        description="An engine process that reports no progress for this long "
+                                                    "(hung, or stopped with SIGSTOP) is killed and its task "
+                                                    "fails")
     progress_write_interval_s: float = Field(1.0, ge=0.0, le=60.0,
                                              description="At most one store write per task per interval for progress")
 
@@ -84,7 +92,7 @@ class Settings(BaseSettings):
 
     # Paths and tools
     data_dir: Path = Field(Path("."), description="Root of videos_input/, videos_output/, videos_temp/, server_logs/, queue_db/")
-    ffmpeg: str | None = Field(None, description="ffmpeg binary to use (else ffmpeg/ folder, PATH, imageio-ffmpeg)")
+    ffmpeg: str | None = Field(None, description="ffmpeg binary to use (else ffmpeg/ folder, imageio-ffmpeg, PATH)")
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

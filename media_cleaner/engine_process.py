@@ -65,6 +65,14 @@ class EngineCrashed(RuntimeError):
         self.exitcode = exitcode
 
 
+class EngineStalled(RuntimeError):
+    """The engine process reported no progress for too long (hung, or stopped) and was killed."""
+
+    def __init__(self, stall_s: float):
+        super().__init__(f"Processing made no progress for {stall_s:.0f} s and was stopped (the engine process "
+                         f"hung or was paused). Please try again; if it happens again, tell the server's operator.")
+
+
 class EngineFailure(RuntimeError):
     """An unexpected error raised in the engine process; ``remote_type`` and ``remote_traceback`` tell what."""
 
@@ -129,9 +137,11 @@ class EngineProcess:
             self._process, self._jobs, self._events = process, job_writer, event_reader
             log.info("%s: engine process %d started", self.name, process.pid)
 
-    def run(self, job: Job, progress: Callable[[float], None], cancel: CancelToken) -> dict:
+    def run(self, job: Job, progress: Callable[[float], None], cancel: CancelToken,
+            stall_s: float | None = None) -> dict:
         """Run ``job`` in the child; its report. Raises TaskCancelled once ``cancel`` is set (the child is
-        killed), EngineCrashed if the child dies, the child's MediaError / FileNotFoundError / EngineFailure."""
+        killed), EngineCrashed if the child dies, EngineStalled (the child is killed) if it sends nothing for
+        ``stall_s``, the child's MediaError / FileNotFoundError / EngineFailure."""
         with self._lock:
             if self._process is not None and not self._process.is_alive():
                 log.warning("%s: the engine process had exited (%s); starting a new one", self.name,
@@ -143,6 +153,7 @@ class EngineProcess:
             jobs.send(job)
         except OSError:   # it died just now
             raise EngineCrashed(self.kill()) from None
+        heard = time.monotonic()   # the last message from the child: its watchdog
         while True:
             if cancel.cancelled:
                 self.kill()
@@ -150,7 +161,12 @@ class EngineProcess:
             try:
                 message = inbox.get(timeout=CANCEL_POLL_S)
             except queue.Empty:
+                if stall_s is not None and time.monotonic() - heard > stall_s:
+                    log.error("%s: no progress for %.0f s; killing the engine process", self.name, stall_s)
+                    self.kill()
+                    raise EngineStalled(stall_s) from None
                 continue
+            heard = time.monotonic()
             kind = message[0]
             if kind == "progress":
                 progress(message[1])

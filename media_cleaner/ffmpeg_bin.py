@@ -1,9 +1,14 @@
-"""Locating the ffmpeg executable and running it.
+"""Choosing the ffmpeg executable, checking it can do the job, and running it under a deadline.
 
-This module owns two things only: deciding which ffmpeg binary the service uses (an explicit override, the
-``MEDIA_CLEANER_FFMPEG`` variable, a build dropped into the repository's ``ffmpeg/`` folder, the system
-``PATH``, and finally the binary shipped in the ``imageio-ffmpeg`` wheel), and turning a failed ffmpeg run
-into an :class:`FFmpegError` whose message is the part of ffmpeg's log a person can act on.
+This module owns three things: deciding which ffmpeg binary the service uses, checking once that it is one
+the pipeline works with (:func:`inspect_ffmpeg`: version, filters, encoders, muxers), and turning a failed or
+stuck ffmpeg run into an :class:`FFmpegError` whose message is the part of ffmpeg's log a person can act on.
+
+Which binary: an explicit override (``Settings.ffmpeg``), the ``MEDIA_CLEANER_FFMPEG`` variable or a build in
+the repository's ``ffmpeg/`` folder always win. Otherwise the binary shipped in the ``imageio-ffmpeg`` wheel is
+preferred to the one on the ``PATH``: its version is pinned by requirements.txt, it is the one the test suite
+runs on, and it has libvmaf for the evaluation; a distribution's ffmpeg is whatever that distribution ships
+(Debian 12: 5.1, Ubuntu 24.04: 6.1). The ``PATH`` one is used when the wheel is missing.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -55,32 +61,147 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-@functools.lru_cache(maxsize=8)
-def find_ffmpeg(override: str | None = None) -> str:
-    """The ffmpeg executable to use, looked up once per ``override``.
+def locate_ffmpeg(override: str | None = None) -> tuple[str, str]:
+    """The ffmpeg executable to use and how it was chosen (words for a log line or ``/health``).
 
-    Order: ``override``, ``$MEDIA_CLEANER_FFMPEG``, ``<repo>/ffmpeg/ffmpeg[.exe]``, ``ffmpeg`` on the PATH,
-    the ``imageio-ffmpeg`` wheel's binary.
+    Order: ``override``, ``$MEDIA_CLEANER_FFMPEG``, ``<repo>/ffmpeg/ffmpeg[.exe]``, the ``imageio-ffmpeg``
+    wheel's binary, ``ffmpeg`` on the PATH.
     """
-    explicit = override or os.environ.get(ENV_VARIABLE)
-    if explicit:
-        resolved = shutil.which(explicit) or (explicit if _is_executable(Path(explicit)) else None)
-        if resolved is None:
-            raise FFmpegNotFound(f"The configured ffmpeg {explicit!r} does not exist or is not executable")
-        return resolved
+    if override:
+        return _resolve_explicit(override), "the ffmpeg setting"
+    if os.environ.get(ENV_VARIABLE):
+        return _resolve_explicit(os.environ[ENV_VARIABLE]), ENV_VARIABLE
     for name in ("ffmpeg", "ffmpeg.exe"):
         if _is_executable(LOCAL_FFMPEG_DIR / name):
-            return str(LOCAL_FFMPEG_DIR / name)
-    on_path = shutil.which("ffmpeg")
-    if on_path:
-        return on_path
+            return str(LOCAL_FFMPEG_DIR / name), "the ffmpeg/ folder"
+    wheel_error = None
     try:
         import imageio_ffmpeg
-        return imageio_ffmpeg.get_ffmpeg_exe()
+        return imageio_ffmpeg.get_ffmpeg_exe(), "the imageio-ffmpeg package"
     except (ImportError, RuntimeError) as exc:
-        raise FFmpegNotFound(
-            f"ffmpeg was not found: set {ENV_VARIABLE}, put a build in {LOCAL_FFMPEG_DIR}, install ffmpeg on "
-            f"the PATH, or `pip install imageio-ffmpeg` ({exc})") from exc
+        wheel_error = exc
+    on_path = shutil.which("ffmpeg")
+    if on_path:
+        return on_path, "the PATH"
+    raise FFmpegNotFound(
+        f"ffmpeg was not found: set {ENV_VARIABLE}, put a build in {LOCAL_FFMPEG_DIR}, "
+        f"`pip install imageio-ffmpeg`, or install ffmpeg on the PATH ({wheel_error})")
+
+
+def _resolve_explicit(explicit: str) -> str:
+    resolved = shutil.which(explicit) or (explicit if _is_executable(Path(explicit)) else None)
+    if resolved is None:
+        raise FFmpegNotFound(f"The configured ffmpeg {explicit!r} does not exist or is not executable")
+    return resolved
+
+
+@functools.lru_cache(maxsize=8)
+def find_ffmpeg(override: str | None = None) -> str:
+    """The ffmpeg executable to use (:func:`locate_ffmpeg`), looked up once per ``override``."""
+    return locate_ffmpeg(override)[0]
+
+
+# --- what the chosen binary can do ---------------------------------------------------------------------
+
+# 5.1 is the first release with -fps_mode, which the decoder uses to pass every frame through untouched.
+MINIMUM_VERSION = (5, 1)
+# What the pipeline runs: the filters of the decoder and encoder chains, the encoders, the output formats.
+REQUIRED_FILTERS = ("showinfo", "crop", "scale", "format", "setparams", "setsar", "aresample")
+REQUIRED_ENCODERS = ("libx264", "aac", "rawvideo", "pcm_f32le")
+REQUIRED_MUXERS = ("mp4", "rawvideo", "f32le", "framecrc")
+# How long the start-up check waits for each answer: a working ffmpeg answers in milliseconds.
+INSPECT_TIMEOUT_S = 15.0
+_VERSION = re.compile(r"^ffmpeg version (\S+)")
+_VERSION_NUMBER = re.compile(r"^n?(\d+)\.(\d+)")
+
+
+class FFmpegUnusable(FFmpegNotFound):
+    """An ffmpeg was found but cannot run the pipeline (too old, missing pieces, not answering)."""
+
+
+@dataclass(frozen=True)
+class FFmpegInfo:
+    """The ffmpeg in use, as checked once at start-up."""
+
+    path: str
+    source: str                    # how it was chosen (see locate_ffmpeg)
+    version: str                   # as the binary prints it, e.g. "5.1.9-0+deb12u1" or "9.0.2-static"
+    release: tuple[int, int] | None  # (major, minor); None for a development (git) build
+    libvmaf: bool                  # the evaluation's VMAF needs it; the service runs without it
+
+    def public(self) -> dict:
+        """What /health and /stats show: no server path."""
+        return {"version": self.version, "source": self.source, "libvmaf": self.libvmaf}
+
+
+def _ask(path: str, *args: str) -> str:
+    """One informational ffmpeg run (``-version``, ``-filters``…) under INSPECT_TIMEOUT_S; its stdout."""
+    try:
+        _, stdout, _ = capture_ffmpeg([path, "-hide_banner", *args], timeout_s=INSPECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise FFmpegUnusable(f"The ffmpeg at {path} did not answer `ffmpeg {' '.join(args)}` within "
+                             f"{INSPECT_TIMEOUT_S:.0f} s. {_HOW_TO_CHOOSE}") from None
+    except OSError as exc:
+        raise FFmpegUnusable(f"The ffmpeg at {path} could not be started ({exc}). {_HOW_TO_CHOOSE}") from None
+    return stdout.decode("utf-8", "replace")
+
+
+_HOW_TO_CHOOSE = (f"Choose another with {ENV_VARIABLE}=/path/to/ffmpeg, or unset it to use the one of the "
+                  f"imageio-ffmpeg package (ffmpeg/README.md).")
+
+
+def _names(listing: str) -> set[str]:
+    """The names in an ``ffmpeg -filters``/``-encoders``/``-muxers`` listing: the second column of each row
+    (the legend rows above the table have "=" there)."""
+    names = set()
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1] != "=":
+            names.update(fields[1].split(","))
+    return names
+
+
+def parse_version(banner: str) -> tuple[str, tuple[int, int] | None]:
+    """``ffmpeg -version``'s first line → ("5.1.9-0+deb12u1", (5, 1)); the tuple is None for git builds."""
+    match = _VERSION.match(banner.strip())
+    if not match:
+        return "unknown", None
+    number = _VERSION_NUMBER.match(match.group(1))
+    return match.group(1), (int(number.group(1)), int(number.group(2))) if number else None
+
+
+@functools.lru_cache(maxsize=8)
+def inspect_ffmpeg(override: str | None = None) -> FFmpegInfo:
+    """Check, once per ``override``, that the chosen ffmpeg can run the pipeline; raise :class:`FFmpegUnusable`
+    with a message that names the binary, its version, what is missing and how to choose another."""
+    path, source = locate_ffmpeg(override)
+    version, number = parse_version(_ask(path, "-version"))
+    if version == "unknown":
+        raise FFmpegUnusable(f"The ffmpeg at {path} (from {source}) does not answer `-version` as ffmpeg does. "
+                             f"{_HOW_TO_CHOOSE}")
+    if number is not None and number < MINIMUM_VERSION:
+        raise FFmpegUnusable(f"The ffmpeg at {path} (from {source}) is version {version}; Media Cleaner needs "
+                             f"{MINIMUM_VERSION[0]}.{MINIMUM_VERSION[1]} or newer. {_HOW_TO_CHOOSE}")
+    filters, encoders, muxers = (_names(_ask(path, flag)) for flag in ("-filters", "-encoders", "-muxers"))
+    missing = ([f"filter {name}" for name in REQUIRED_FILTERS if name not in filters]
+               + [f"encoder {name}" for name in REQUIRED_ENCODERS if name not in encoders]
+               + [f"format {name}" for name in REQUIRED_MUXERS if name not in muxers])
+    if missing:
+        raise FFmpegUnusable(f"The ffmpeg at {path} (from {source}, version {version}) lacks what Media Cleaner "
+                             f"needs: {', '.join(missing)}. {_HOW_TO_CHOOSE}")
+    return FFmpegInfo(path=path, source=source, version=version, release=number, libvmaf="libvmaf" in filters)
+
+
+# --- running it ----------------------------------------------------------------------------------------
+
+def kill_process(process: subprocess.Popen) -> None:
+    """Kill an ffmpeg child if it still runs. Children stay in their parent's process group on purpose: an
+    engine process that is killed with its group takes its ffmpeg children with it."""
+    if process.poll() is None:
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass
 
 
 def hide_paths(text: str) -> str:
@@ -104,21 +225,44 @@ def error_reason(stderr: str, max_lines: int = 3) -> str:
     return hide_paths("; ".join(unique)) or "ffmpeg failed without an explanation"
 
 
-def run_ffmpeg(args: Sequence[str], *, registry: ProcessRegistry | None = None) -> str:
+def capture_ffmpeg(args: Sequence[str], *, timeout_s: float | None) -> tuple[int, bytes, bytes]:
+    """Run ffmpeg to the end and collect its output: (exit status, stdout, stderr). A run longer than
+    ``timeout_s`` is killed with its process group and raises :class:`subprocess.TimeoutExpired`."""
+    process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_process(process)
+        process.communicate()
+        raise
+    finally:
+        kill_process(process)
+    return process.returncode, out, err
+
+
+def run_ffmpeg(args: Sequence[str], *, registry: ProcessRegistry | None = None,
+               timeout_s: float | None = None) -> str:
     """Run a complete ffmpeg command line (``args[0]`` is the executable), wait for it; its log.
 
-    ``registry`` learns about the process while it runs (so a cancel can kill it). Raises
-    :class:`FFmpegError` with :func:`error_reason` of the log when ffmpeg exits non-zero.
+    ``registry`` learns about the process while it runs (so a cancel can kill it). A run that takes longer
+    than ``timeout_s`` is killed. Raises :class:`FFmpegError` with :func:`error_reason` of the log when
+    ffmpeg exits non-zero, or saying that it was stopped at its deadline.
     """
     process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     if registry is not None:
         registry.register(process)
     try:
-        _, err = process.communicate()
+        try:
+            _, err = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_process(process)
+            process.communicate()
+            raise FFmpegError(f"ffmpeg did not finish within {timeout_s:.0f} s and was stopped") from None
     finally:
         if process.poll() is None:
-            process.kill()
+            kill_process(process)
             process.wait()
         if registry is not None:
             registry.unregister(process)

@@ -20,6 +20,8 @@ from .protection import Protectors, warm_up_engines
 log = logging.getLogger("media_cleaner.queue")
 
 ProtectorFactory = Callable[[ProtectionParams, int], Protectors]
+# The protection's share of a task's progress when a report follows; the report fills the rest.
+PROTECT_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Job:
     preset: str
     audio_bitrate: str
     ffmpeg: str | None
+    stall_timeout_s: float      # the ffmpeg watchdog (pipeline)
     preview_path: Path | None   # where the report's before/after sheet goes; None: no report
     data_dir: Path              # the report names its sheet relative to this folder
 
@@ -46,21 +49,27 @@ def run_job(job: Job, make_protectors: ProtectorFactory, progress: Callable[[flo
     """
     started = time.monotonic()
     protectors = make_protectors(job.params, job.threads)
-    protect_video(job.input_path, job.output_path, job.params, protectors=protectors, progress=progress,
-                  cancel=cancel, temp_dir=job.temp_dir, threads=job.threads, crf=job.crf, preset=job.preset,
-                  audio_bitrate=job.audio_bitrate, ffmpeg=job.ffmpeg)
+    # The report takes seconds to tens of seconds whatever the video's length: its share of the bar.
+    protect_share = 1.0 if job.preview_path is None else PROTECT_SHARE
+    protect_video(job.input_path, job.output_path, job.params, protectors=protectors,
+                  progress=lambda fraction: progress(protect_share * fraction), cancel=cancel,
+                  temp_dir=job.temp_dir, threads=job.threads, crf=job.crf, preset=job.preset,
+                  audio_bitrate=job.audio_bitrate, ffmpeg=job.ffmpeg, stall_timeout_s=job.stall_timeout_s)
     protect_seconds = time.monotonic() - started
     if job.preview_path is None:
         return {"protect_seconds": round(protect_seconds, 2)}
-    return _report(job, job.preview_path, protect_seconds, cancel)
+    return _report(job, job.preview_path, protect_seconds, cancel,
+                   lambda fraction: progress(protect_share + (1 - protect_share) * fraction))
 
 
-def _report(job: Job, preview: Path, protect_seconds: float, cancel: CancelToken) -> dict:
+def _report(job: Job, preview: Path, protect_seconds: float, cancel: CancelToken,
+            progress: Callable[[float], None]) -> dict:
     """The task's protection report (cheap figures and the before/after sheet). A failure to make it is
     recorded in the report and never fails the task; only a cancel (TaskCancelled) gets through."""
     try:
         report = build_task_report(job.input_path, job.output_path, preview,
-                                   protect_seconds=round(protect_seconds, 2), ffmpeg=job.ffmpeg, cancel=cancel)
+                                   protect_seconds=round(protect_seconds, 2), ffmpeg=job.ffmpeg, cancel=cancel,
+                                   progress=progress)
     except TaskCancelled:
         preview.unlink(missing_ok=True)
         raise

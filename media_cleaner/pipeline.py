@@ -24,8 +24,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +37,7 @@ import av
 import ffmpeg
 import numpy as np
 
-from .ffmpeg_bin import FFmpegError, error_reason, find_ffmpeg, run_ffmpeg
+from .ffmpeg_bin import FFmpegError, error_reason, find_ffmpeg, kill_process, run_ffmpeg
 from .params import ProtectionParams
 from .probe import MediaError, MediaInfo, probe_media
 from .protection import AudioStreamInfo, Protectors, VideoStreamInfo, build_protectors
@@ -49,6 +51,9 @@ AUDIO_SYNC_TOLERANCE_S = 0.02
 VIDEO_SHARE_WITH_AUDIO = 0.88
 AUDIO_SHARE = 0.10
 VIDEO_SHARE_ALONE = 0.98
+# How long an ffmpeg child may keep the pipeline waiting (no frame read or written, no exit) before it is
+# killed and the run fails. A working ffmpeg answers within milliseconds; the slow side is the protectors.
+DEFAULT_STALL_TIMEOUT_S = 60.0
 
 
 class TaskCancelled(Exception):
@@ -91,11 +96,56 @@ class CancelToken:
 
 
 def _kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
+    kill_process(process)
+
+
+class _Watchdog:
+    """Kills an ffmpeg child that keeps the pipeline waiting longer than ``stall_s``: reading a frame from
+    the decoder, writing one to the encoder, waiting for a frame's timestamp or for the child to exit. The
+    kill unblocks the wait; :meth:`check` then fails the run with a message that names ffmpeg. Time spent in
+    the protectors is not watched here (ffmpeg just waits on a full pipe then)."""
+
+    def __init__(self, stall_s: float):
+        self.stall_s = stall_s
+        self.stalled: str | None = None
+        self._lock = threading.Lock()
+        self._waits: dict[int, tuple["_FFmpegProcess", str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ffmpeg-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def waiting(self, process: "_FFmpegProcess", doing: str):
+        """Watch ``process`` while the caller blocks on it; ``doing`` completes "ffmpeg stopped …"."""
+        key = object()
+        with self._lock:
+            self._waits[id(key)] = (process, doing, time.monotonic())
         try:
-            process.kill()
-        except ProcessLookupError:
-            pass
+            yield
+        finally:
+            with self._lock:
+                del self._waits[id(key)]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.stall_s / 4)):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [(process, doing) for process, doing, since in self._waits.values()
+                           if now - since > self.stall_s]
+            for process, doing in overdue:
+                if self.stalled is None:
+                    self.stalled = doing
+                _kill(process.process)
+
+    def check(self) -> None:
+        if self.stalled is not None:
+            raise MediaError(f"ffmpeg stopped {self.stalled} for more than {self.stall_s:.0f} s and was "
+                             f"stopped. Please try again; if it happens again, the server's ffmpeg is faulty "
+                             f"(its operator can choose another, see ffmpeg/README.md).")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class _Progress:
@@ -219,8 +269,9 @@ def plan_colours(info: MediaInfo) -> ColourPlan:
 # --- frame timestamps from showinfo --------------------------------------------------------------------
 
 _SHOWINFO_CONFIG = re.compile(r"\[Parsed_showinfo_\d+ @ [^\]]+\] config in time_base: (\d+)/(\d+)")
+# ffmpeg 5.1 prints no "duration:" field (6.0 added it): it is optional.
 _SHOWINFO_FRAME = re.compile(r"\[Parsed_showinfo_\d+ @ [^\]]+\] n:\s*(\d+) pts:\s*(-?\d+|NOPTS)"
-                             r".*?duration:\s*(-?\d+|NOPTS)")
+                             r"(?:.*?duration:\s*(-?\d+|NOPTS))?")
 
 
 class _FrameClock:
@@ -253,7 +304,8 @@ class _FrameClock:
                     pts = self.pts[-1] + (self._frame_step() if pts is None else 1)
                 self.pts.append(0 if pts is None else pts)
                 duration = match.group(3)
-                self.last_duration = int(duration) if duration != "NOPTS" and int(duration) > 0 else 0
+                self.last_duration = int(duration) if duration not in (None, "NOPTS") and int(duration) > 0 \
+                    else 0
                 self._condition.notify_all()
         elif match := _SHOWINFO_CONFIG.search(line):
             with self._condition:
@@ -354,13 +406,18 @@ def _audio_encoder_command(settings: _Settings, rate: int, channels: int, target
 
 
 def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, cancel: CancelToken,
-               progress: Callable[[float], None], share: float, target: Path) -> _FrameClock:
+               watchdog: _Watchdog, progress: Callable[[float], None], share: float, target: Path) -> _FrameClock:
     """Decode → protect each frame → encode at a constant rate into ``target``; the frame timestamps."""
     width, height = _video_size(info)
     colours = plan_colours(info)
     clock = _FrameClock(info.frame_rate)
     expected = max(1, info.frame_count)
     decoder = encoder = None
+
+    def check() -> None:
+        cancel.raise_if_cancelled()
+        watchdog.check()
+
     protectors.video.begin(VideoStreamInfo(width=width, height=height, fps=info.fps,
                                            frame_count=info.frame_count, should_stop=lambda: cancel.cancelled))
     try:
@@ -371,15 +428,19 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
         while True:
             # A fresh array per frame: a protector may keep earlier frames.
             frame = np.empty((height, width, 3), dtype=np.uint8)
-            count = _read_exactly(decoder.stdout, memoryview(frame).cast("B"))
-            cancel.raise_if_cancelled()
+            with watchdog.waiting(decoder, "sending decoded frames"):
+                count = _read_exactly(decoder.stdout, memoryview(frame).cast("B"))
+            check()
             if count == 0:
                 break
             if count < frame.nbytes:
-                decoder.finish()
-                cancel.raise_if_cancelled()
+                with watchdog.waiting(decoder, "exiting"):
+                    decoder.finish()
+                check()
                 raise MediaError(f"The video could not be decoded at frame {index}: {decoder.reason()}")
-            pts_s = clock.seconds(index)
+            with watchdog.waiting(decoder, "reporting frame timestamps"):
+                pts_s = clock.seconds(index)
+            check()
             if pts_s is None:
                 raise MediaError(f"The video could not be decoded at frame {index}: its timestamp is missing")
             protected = protectors.video.protect_frame(frame, pts_s, index)
@@ -388,21 +449,27 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
                 raise TypeError(f"The video protector returned {getattr(protected, 'shape', type(protected))} "
                                 f"{getattr(protected, 'dtype', '')} for a {frame.shape} uint8 frame")
             try:
-                encoder.stdin.write(memoryview(np.ascontiguousarray(protected)).cast("B"))
+                with watchdog.waiting(encoder, "taking frames to encode"):
+                    encoder.stdin.write(memoryview(np.ascontiguousarray(protected)).cast("B"))
             except BrokenPipeError:
-                cancel.raise_if_cancelled()
-                encoder.finish()
+                check()
+                with watchdog.waiting(encoder, "exiting"):
+                    encoder.finish()
+                check()
                 raise MediaError(f"The protected video could not be encoded: {encoder.reason()}")
             index += 1
             progress(share * min(1.0, index / expected))
-        decoder_status = decoder.finish()
-        cancel.raise_if_cancelled()
+        with watchdog.waiting(decoder, "exiting after the last frame"):
+            decoder_status = decoder.finish()
+        check()
         if decoder_status != 0:
             raise MediaError(f"The video could not be decoded at frame {index}: {decoder.reason()}")
         if index == 0:
             raise MediaError("The video contains no frames that could be decoded.")
-        if encoder.finish() != 0:
-            cancel.raise_if_cancelled()
+        with watchdog.waiting(encoder, "finishing the encoded video"):
+            encoder_status = encoder.finish()
+        check()
+        if encoder_status != 0:
             raise MediaError(f"The protected video could not be encoded: {encoder.reason()}")
         if len(clock.pts) != index:
             raise MediaError(f"The video decoder reported {len(clock.pts)} timestamps for {index} frames.")
@@ -415,7 +482,8 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
 
 
 def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, cancel: CancelToken,
-               progress: Callable[[float], None], start: float, share: float, target: Path) -> None:
+               watchdog: _Watchdog, progress: Callable[[float], None], start: float, share: float,
+               target: Path) -> None:
     """Decode the sound to float PCM → protect it chunk by chunk → encode AAC into ``target``."""
     rate, channels = info.sample_rate or 48000, info.channels or 2  # when the listing did not say
     decode = _audio_decoder_command(info, settings, rate, channels)
@@ -423,6 +491,11 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
     expected_samples = max(1, int(info.duration_s * rate))
     chunk_samples = AUDIO_CHUNK_SECONDS * rate
     decoder = encoder = None
+
+    def check() -> None:
+        cancel.raise_if_cancelled()
+        watchdog.check()
+
     protectors.audio.begin(AudioStreamInfo(sample_rate=rate, channels=channels, duration_s=info.duration_s,
                                            should_stop=lambda: cancel.cancelled))
     try:
@@ -431,8 +504,9 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
         done = 0
         while True:
             buffer = np.empty((chunk_samples, channels), dtype=np.float32)
-            count = _read_exactly(decoder.stdout, memoryview(buffer).cast("B"))
-            cancel.raise_if_cancelled()
+            with watchdog.waiting(decoder, "sending decoded sound"):
+                count = _read_exactly(decoder.stdout, memoryview(buffer).cast("B"))
+            check()
             samples = count // (4 * channels)
             if samples == 0:
                 break
@@ -443,18 +517,25 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
                                 f"for a {pcm.shape} chunk")
             protected = np.clip(protected, -1.0, 1.0).astype(np.float32, copy=False)
             try:
-                encoder.stdin.write(memoryview(np.ascontiguousarray(protected)).cast("B"))
+                with watchdog.waiting(encoder, "taking sound to encode"):
+                    encoder.stdin.write(memoryview(np.ascontiguousarray(protected)).cast("B"))
             except BrokenPipeError:
-                cancel.raise_if_cancelled()
-                encoder.finish()
+                check()
+                with watchdog.waiting(encoder, "exiting"):
+                    encoder.finish()
+                check()
                 raise MediaError(f"The protected sound could not be encoded: {encoder.reason()}")
             done += samples
             progress(start + share * min(1.0, done / expected_samples))
-        if decoder.finish() != 0:
-            cancel.raise_if_cancelled()
+        with watchdog.waiting(decoder, "exiting after the sound"):
+            decoder_status = decoder.finish()
+        check()
+        if decoder_status != 0:
             raise MediaError(f"The sound could not be decoded: {decoder.reason()}")
-        if encoder.finish() != 0:
-            cancel.raise_if_cancelled()
+        with watchdog.waiting(encoder, "finishing the encoded sound"):
+            encoder_status = encoder.finish()
+        check()
+        if encoder_status != 0:
             raise MediaError(f"The protected sound could not be encoded: {encoder.reason()}")
     finally:
         for process in (decoder, encoder):
@@ -532,13 +613,14 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   protectors: Protectors | None = None, progress: Callable[[float], None] | None = None,
                   cancel: CancelToken | None = None, temp_dir: str | os.PathLike, threads: int = 1,
                   crf: int = 17, preset: str = "fast", audio_bitrate: str = "192k", ffmpeg: str | None = None,
-                  info: MediaInfo | None = None) -> MediaInfo:
+                  info: MediaInfo | None = None, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> MediaInfo:
     """Write the protected version of ``input_path`` to ``output_path`` (MP4); the input's description.
 
     ``protectors`` default to :func:`build_protectors` for ``params``. ``progress`` receives a growing
     fraction in [0, 1]. ``cancel`` stops the run (:class:`TaskCancelled`). Scratch files live in a fresh
     folder under ``temp_dir`` that is always removed; ``output_path`` appears only complete. ``threads``
-    caps every ffmpeg child. Unusable media raise :class:`MediaError`; protector errors propagate.
+    caps every ffmpeg child. An ffmpeg child that keeps the run waiting for ``stall_timeout_s`` is killed and
+    the run fails (:class:`MediaError`). Unusable media raise :class:`MediaError`; protector errors propagate.
     """
     settings = _Settings(find_ffmpeg(ffmpeg), max(1, int(threads)), crf, preset, audio_bitrate)
     cancel = cancel or CancelToken()
@@ -555,20 +637,23 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
     work = Path(tempfile.mkdtemp(prefix="protect-", dir=temp_dir))
     # Written next to the output so the final rename is atomic (same file system).
     partial = output_path.with_name(f".{output_path.name}.{uuid.uuid4().hex}.partial")
+    watchdog = _Watchdog(stall_timeout_s)
     try:
         cancel.raise_if_cancelled()
         encoded = work / "video_encoded.mp4"
-        clock = _run_video(info, protectors, settings, cancel, report, video_share, encoded)
+        clock = _run_video(info, protectors, settings, cancel, watchdog, report, video_share, encoded)
         audio = None
         if protect_audio:
             audio = work / "audio.m4a"
-            _run_audio(info, protectors, settings, cancel, report, video_share, AUDIO_SHARE, audio)
+            _run_audio(info, protectors, settings, cancel, watchdog, report, video_share, AUDIO_SHARE, audio)
         cancel.raise_if_cancelled()
         retimed = work / "video_retimed.mp4"
         _retime(encoded, retimed, clock, info.frame_rate, cancel)
         video_start_s = float(clock.pts[0] * clock.time_base)
         try:
-            run_ffmpeg(_mux_command(settings, info, retimed, video_start_s, audio, partial), registry=cancel)
+            # A stream copy runs far faster than real time: the media's duration is a generous deadline.
+            run_ffmpeg(_mux_command(settings, info, retimed, video_start_s, audio, partial), registry=cancel,
+                       timeout_s=stall_timeout_s + info.duration_s)
         except FFmpegError as exc:
             cancel.raise_if_cancelled()
             raise MediaError(f"The protected video could not be written: {exc.reason}") from exc
@@ -577,5 +662,6 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
         report(1.0)
         return info
     finally:
+        watchdog.close()
         partial.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)

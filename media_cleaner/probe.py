@@ -18,11 +18,13 @@ from pathlib import Path
 
 import ffmpeg
 
-from .ffmpeg_bin import error_reason, find_ffmpeg
+from .ffmpeg_bin import capture_ffmpeg, error_reason, find_ffmpeg
 
 # A frame duration further than this from the typical one makes the stream variable-rate
 # (container timestamps are rounded, to the millisecond in mkv/webm/flv).
 VFR_TOLERANCE = 0.1
+# The probe copies the video packets without decoding them: a few seconds even for a long film.
+PROBE_TIMEOUT_S = 300.0
 
 
 class MediaError(Exception):
@@ -268,9 +270,13 @@ def probe_media(path: str | os.PathLike, ffmpeg: str | None = None) -> MediaInfo
     if size == 0:
         raise MediaError("The file is empty (0 bytes). Please upload the video again.")
 
-    result = subprocess.run(_probe_command(path, find_ffmpeg(ffmpeg)), stdin=subprocess.DEVNULL,
-                            capture_output=True)
-    stderr = result.stderr.decode("utf-8", "replace")
+    try:
+        returncode, stdout, stderr_bytes = capture_ffmpeg(_probe_command(path, find_ffmpeg(ffmpeg)),
+                                                          timeout_s=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"Reading the file took longer than {PROBE_TIMEOUT_S:.0f} s and was stopped. Please "
+                         f"try again; if it happens again, the file may be damaged.") from None
+    stderr = stderr_bytes.decode("utf-8", "replace")
     listing = _parse_listing(stderr)
     if listing["container"] is None:
         raise _open_error(stderr)
@@ -282,10 +288,10 @@ def probe_media(path: str | os.PathLike, ffmpeg: str | None = None) -> MediaInfo
         if audio is not None:
             raise MediaError("The file contains only sound and no picture. Please upload a video.")
         raise MediaError("The file contains no video stream. Please upload a video.")
-    if result.returncode != 0:
+    if returncode != 0:
         raise MediaError(f"The video could not be read: {error_reason(stderr)}")
 
-    time_base, timestamps, durations = _parse_framecrc(result.stdout.decode("ascii", "replace"))
+    time_base, timestamps, durations = _parse_framecrc(stdout.decode("ascii", "replace"))
     if not timestamps:
         raise MediaError("The video contains no frames. Please upload a video with a picture.")
     listed_fps = _listed_fps(stderr)

@@ -11,7 +11,7 @@ import re
 import shutil
 
 from .config import Settings
-from .ffmpeg_bin import find_ffmpeg
+from .ffmpeg_bin import FFmpegInfo, inspect_ffmpeg
 from .logs import setup_logging
 from .auth import KeyRing
 from .models import Task, TaskStatus
@@ -36,7 +36,7 @@ class MediaCleanerService:
                                       max_attempts=settings.webhook_max_attempts,
                                       timeout_s=settings.webhook_timeout_s, record=self._record_webhook)
         self.janitor = Janitor(settings, self.store)
-        self.ffmpeg = ""
+        self.ffmpeg: FFmpegInfo | None = None
         self.started = False
 
     def start(self) -> None:
@@ -45,7 +45,7 @@ class MediaCleanerService:
         settings = self.settings
         settings.create_folders()
         setup_logging(settings)
-        self.ffmpeg = find_ffmpeg(settings.ffmpeg)
+        self.ffmpeg = inspect_ffmpeg(settings.ffmpeg)   # refuses one the pipeline cannot use, before anything
         self.keys = KeyRing.load(settings.api_keys_file, settings.api_keys)
         self.store.open()
         for task in self.store.recover(settings.max_attempts):
@@ -60,7 +60,9 @@ class MediaCleanerService:
         self.janitor.start()
         self.pool.start()   # and the models' warm-up, where the jobs will run
         self.started = True
-        log.info("Media Cleaner ready: data folder %s, ffmpeg %s", settings.data_dir, self.ffmpeg)
+        log.info("Media Cleaner ready: data folder %s, ffmpeg %s (version %s, from %s%s)", settings.data_dir,
+                 self.ffmpeg.path, self.ffmpeg.version, self.ffmpeg.source,
+                 "" if self.ffmpeg.libvmaf else "; no libvmaf: the evaluation's VMAF is left out")
 
     def stop(self) -> None:
         if self.started:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .config import Settings
-from .engine_process import EngineConfig, EngineCrashed, EngineProcess
+from .engine_process import EngineConfig, EngineCrashed, EngineProcess, EngineStalled
 from .evaluation.report import preview_file_name
 from .jobs import Job, ProtectorFactory, run_job, warm_up
 from .models import TaskStatus, utc_now
@@ -49,6 +49,7 @@ class _Running:
     def __init__(self) -> None:
         self.token = CancelToken()
         self.shutdown = False   # cancelled because the server is stopping, not by the user
+        self.last_progress = time.monotonic()
 
 
 class WorkerPool:
@@ -102,6 +103,13 @@ class WorkerPool:
     def busy(self) -> int:
         with self._running_lock:
             return len(self._running)
+
+    def stalled(self) -> int:
+        """Running tasks that have made no progress for ``ffmpeg_stall_timeout_s`` (reported by /health)."""
+        now = time.monotonic()
+        with self._running_lock:
+            return sum(now - running.last_progress > self.settings.ffmpeg_stall_timeout_s
+                       for running in self._running.values())
 
     def cancel(self, task_id: str) -> bool:
         """Stop a running task now (its new status must already be persisted). False if not running."""
@@ -169,12 +177,14 @@ class WorkerPool:
         job = Job(task_id=task_id, input_path=input_path, output_path=output_path, params=params,
                   temp_dir=settings.temp_dir / task_id, threads=settings.threads_per_worker,
                   crf=settings.video_crf, preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
-                  ffmpeg=settings.ffmpeg, data_dir=settings.data_dir,
+                  ffmpeg=settings.ffmpeg, stall_timeout_s=settings.ffmpeg_stall_timeout_s,
+                  data_dir=settings.data_dir,
                   preview_path=settings.output_dir / preview_file_name(task_id) if settings.task_reports else None)
         started = time.monotonic()
         log.info("task %s started by %s (attempt %d)", task_id, threading.current_thread().name, task.attempts)
 
         def on_progress(fraction: float) -> None:
+            running.last_progress = time.monotonic()
             elapsed = time.monotonic() - started
             eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
             self.store.update_progress(task_id, 100.0 * fraction * 0.99, eta)   # 100 only when stored
@@ -185,14 +195,14 @@ class WorkerPool:
             if engine is None:
                 report = run_job(job, self.protector_factory, on_progress, running.token)
             else:
-                report = engine.run(job, on_progress, running.token)
+                report = engine.run(job, on_progress, running.token, stall_s=settings.task_stall_timeout_s)
         except TaskCancelled:
             self._after_interrupt(task_id, running, output_path)
             return
         except MediaError as exc:
             self._fail(task_id, str(exc), output_path)
             return
-        except EngineCrashed as exc:
+        except (EngineCrashed, EngineStalled) as exc:
             log.error("task %s: %s", task_id, exc)
             self._fail(task_id, str(exc), output_path)
             return

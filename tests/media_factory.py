@@ -1,7 +1,9 @@
 """Small synthetic media files for the tests, made with ffmpeg's lavfi sources, and helpers to read them back.
 
 Everything is generated on the fly into a folder the test gives (``tmp_path``), so the tests need no
-fixture files. Read-back helpers use the same ffmpeg as the service and PyAV.
+fixture files. Making and reading back always use the ffmpeg of the imageio-ffmpeg package (and PyAV),
+whichever ffmpeg the service under test uses (``MEDIA_CLEANER_FFMPEG``): the measuring tool stays fixed
+while the binary under test changes, and older ones lack options the makers use (``-display_rotation``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from media_cleaner.ffmpeg_bin import find_ffmpeg
+import imageio_ffmpeg
 from media_cleaner.probe import probe_media
 
 # Codecs each container can hold, used when the test does not name them.
@@ -22,8 +24,11 @@ _DEFAULT_CODECS = {
 _MP4_LIKE = {".mp4", ".mov", ".m4v"}
 
 
+TOOL_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
 def _ffmpeg(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", *args],
+    return subprocess.run([TOOL_FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", *args],
                           check=True, capture_output=capture)
 
 
@@ -91,7 +96,7 @@ def make_truncated_mp4(path: Path, scratch: Path) -> Path:
 
 def listing(path: Path) -> str:
     """What ``ffmpeg -i`` prints about the file (streams and metadata)."""
-    result = subprocess.run([find_ffmpeg(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True)
+    result = subprocess.run([TOOL_FFMPEG, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True)
     return result.stderr.decode("utf-8", "replace")
 
 
@@ -119,7 +124,7 @@ def stream_starts(path: Path) -> tuple[float, float]:
 
 def audio_samples(path: Path) -> np.ndarray:
     """The sound as a player hears it (priming and padding trimmed), float32 samples × channels."""
-    channels = probe_media(path).channels
+    channels = probe_media(path, TOOL_FFMPEG).channels
     result = _ffmpeg("-i", str(path), "-map", "0:a:0", "-f", "f32le", "-", capture=True)
     return np.frombuffer(result.stdout, dtype=np.float32).reshape(-1, channels)
 
@@ -132,7 +137,7 @@ def audio_packet_checksums(path: Path) -> list[str]:
 
 def decode_frame(path: Path, index: int) -> np.ndarray:
     """Frame ``index`` (display order) as upright RGB uint8, the way a player would show it."""
-    info = probe_media(path)
+    info = probe_media(path, TOOL_FFMPEG)
     result = _ffmpeg("-i", str(path), "-map", "0:V:0", "-vf", f"select=eq(n\\,{index})", "-frames:v", "1",
                      "-f", "rawvideo", "-pix_fmt", "rgb24", "-", capture=True)
     return np.frombuffer(result.stdout, dtype=np.uint8).reshape(info.height, info.width, 3)

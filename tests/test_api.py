@@ -264,3 +264,24 @@ def test_successful_polls_are_not_access_logged():
         assert kept("GET", path, 404) and kept("GET", path, 500)   # errors are still logged
     assert kept("POST", "/upload", 202) and kept("DELETE", "/tasks/3f2b9c1e", 200)
     assert kept("GET", "/download/3f2b9c1e", 200) and kept("GET", "/report/3f2b9c1e", 200)
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ("limit=999", "limit must be less than or equal to 500 (got '999')"),
+    ("limit=abc", "limit must be a valid integer"),
+    ("status=done", "status must be 'pending', 'processing', 'completed', 'failed' or 'cancelled'"),
+    ("offset=-1", "offset must be greater than or equal to 0"),
+])
+def test_query_errors_have_the_one_documented_shape(api, query, fragment):
+    response = api.get(f"/tasks?{query}")
+    assert response.status_code == 422
+    assert set(response.json()) == {"detail"} and isinstance(response.json()["detail"], str)
+    assert fragment in response.json()["detail"]
+
+
+def test_swagger_try_it_out_sends_nothing_for_the_optional_fields(api):
+    schema = api.get("/openapi.json").json()
+    form = schema["paths"]["/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    for name in ("user_id", "notes", "webhook_url"):
+        # Swagger UI fills a field from its example, else "string" (or https://example.com/ for a URI).
+        assert form["properties"][name].get("example") == "" and "format" not in form["properties"][name]

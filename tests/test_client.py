@@ -880,3 +880,57 @@ def test_progress_bar_non_tty_prints_periodic_lines():
         bar.task({"status": "processing", "progress": float(p), "eta_s": 100 - p})
     lines = stream.getvalue().splitlines()
     assert 5 <= len(lines) <= 15 and "\r" not in stream.getvalue()
+
+
+REPORT = {"psnr": 44.2, "ssim": 0.991, "protect_seconds": 3.1,
+          "detection": {"mtcnn": {"white_box": True, "original_rate": 1.0, "protected_rate": 0.25,
+                                  "protection": 0.75, "frames": 4}},
+          "speaker": {"similarity": 0.61, "threshold": 0.7232, "match": False, "white_box": True}}
+
+
+def _completes_with_report(server):
+    def status(request):
+        server.tasks["task0001"].update(status="completed", progress=100.0)
+        server.files["task0001"] = FakeServer.VIDEO
+        return httpx.Response(200, json=server.tasks["task0001"])
+
+    server.then("GET", "/status/task0001", status, status)
+    server.then("GET", "/report/task0001", lambda r: httpx.Response(200, json=REPORT))
+
+
+def test_cli_protect_ends_with_the_reports_verdict(server, capsys, video, tmp_path, sleeps):
+    _completes_with_report(server)
+    code, out, errtext = run_cli(server, ["protect", str(video), "-o", str(tmp_path / "o.mp4"), "-q"], capsys)
+    assert code == 0, errtext
+    saved, verdict = out.strip().splitlines()
+    assert saved == f"protected video saved to {(tmp_path / 'o.mp4').resolve()}"
+    assert verdict == ("report (white-box surrogates, an upper bound): faces still found by MTCNN in 25% of "
+                       "sampled frames (original 100%); voice no longer matches the speaker (similarity 0.61, "
+                       "threshold 0.72); picture PSNR 44.2 dB, SSIM 0.991")
+
+
+def test_cli_protect_json_for_scripts(server, capsys, video, tmp_path, sleeps):
+    _completes_with_report(server)
+    code, out, errtext = run_cli(server, ["protect", str(video), "-o", str(tmp_path / "o.mp4"), "-q", "--json"],
+                                 capsys)
+    assert code == 0, errtext
+    result = json.loads(out)
+    assert result["report"] == REPORT and result["task"]["status"] == "completed"
+    assert result["saved_to"] == str((tmp_path / "o.mp4").resolve())
+
+
+def test_cli_a_closed_pipe_is_not_an_error(server, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    server.add_task("pending")
+    monkeypatch.setattr(mc, "_print_json", broken)
+    code, out, errtext = run_cli(server, ["stats"], capsys)
+    assert code == 1 and errtext == ""
+
+
+def test_cli_hints_name_a_command_that_exists(monkeypatch):
+    # Run as `.venv/bin/python client.py`: the hint is the same, never a bare `python` (missing on Debian).
+    assert mc.CLI_NAME.endswith("client.py") and not mc.CLI_NAME.startswith("python ")
+    interpreter = mc.CLI_NAME.rsplit(" ", 1)[0]
+    assert interpreter == "python3" or Path(interpreter).resolve() == Path(sys.executable).resolve()

@@ -24,6 +24,7 @@ if not (REPO / "run_server.py").is_file():
     pytest.skip("run_server.py is not there yet", allow_module_level=True)
 
 import client as mc  # noqa: E402
+from media_cleaner.ffmpeg_bin import ENV_VARIABLE  # noqa: E402
 
 SERVER_START_TIMEOUT = 180.0   # importing torch and loading the detectors can take a while on a cold CPU box
 PROTECT_TIMEOUT = 900.0        # one 1-second clip, CPU in the worst case
@@ -38,6 +39,12 @@ def _free_port() -> int:
 def _ffmpeg() -> str:
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _clean_env() -> dict:
+    """The environment without the developer's own settings (API key, folders...), but with the ffmpeg choice:
+    the server and the client must use the binary the test run says it uses."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_CLEANER_") or k == ENV_VARIABLE}
 
 
 def _log_tail(path: Path, n: int = 60) -> str:
@@ -55,7 +62,7 @@ def live_server(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     # the server must not pick up the developer's own settings (API key, folders...)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_CLEANER_")}
+    env = _clean_env()
     env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -121,7 +128,7 @@ def test_health_and_stats(api):
 
 def test_protect_command_line(live_server, small_video, tmp_path):
     out = tmp_path / "protected.mp4"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_CLEANER_")}
+    env = _clean_env()
     proc = subprocess.run(
         [sys.executable, str(REPO / "client.py"), "protect", str(small_video), "-o", str(out),
          "--epsilon", "0.12", "--every-n-frames", "10", "--audio-level", "weak", "--user-id", "live-test",
@@ -129,6 +136,7 @@ def test_protect_command_line(live_server, small_video, tmp_path):
         capture_output=True, text=True, timeout=PROTECT_TIMEOUT, cwd=tmp_path, env=env)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert str(out.resolve()) in proc.stdout
+    assert "report (white-box surrogates, an upper bound): " in proc.stdout and "PSNR" in proc.stdout
     assert "upload" in proc.stderr and "processing" in proc.stderr and "download" in proc.stderr
     assert out.is_file() and out.stat().st_size > 0
     listing = _streams(out)

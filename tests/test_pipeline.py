@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 
 import media_factory as mf
+from media_cleaner.ffmpeg_bin import inspect_ffmpeg
 from media_cleaner.params import ProtectionParams
 from media_cleaner.pipeline import CancelToken, TaskCancelled, protect_video
 from media_cleaner.probe import MediaError, probe_media
 from media_cleaner.protection import PassThroughAudio, PassThroughVideo, Protectors
 
 AAC_FRAME = 1024
+# ffmpeg before 6.0 does not apply the end trim of an MP4 edit list when it decodes, so it hears the encoder's
+# padding of the source's last AAC frame (< 1024 samples of silence) as sound, and keeps it.
+_RELEASE = inspect_ffmpeg().release
+END_PADDING_HEARD = AAC_FRAME if _RELEASE is not None and _RELEASE < (6, 0) else 0
 
 
 def run(source, tmp_path, params=ProtectionParams(), **options):
@@ -38,7 +43,8 @@ def test_keeps_frames_duration_and_sound(tmp_path):
     assert after.frame_count == before.frame_count == 50
     assert abs(after.duration_s - before.duration_s) <= 1 / 25
     assert (after.channels, after.sample_rate, after.audio_codec) == (2, 44100, "aac")
-    assert len(mf.audio_samples(output)) == len(mf.audio_samples(source))  # the edit list trims the priming
+    # the edit list trims the priming
+    assert 0 <= len(mf.audio_samples(output)) - len(mf.audio_samples(source)) <= END_PADDING_HEARD
     assert mf.frame_times(output) == pytest.approx(mf.frame_times(source), abs=1e-3)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 50
     assert not any((tmp_path / "scratch").iterdir())

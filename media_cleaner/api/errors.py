@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 log = logging.getLogger("media_cleaner.api")
@@ -29,7 +30,30 @@ def error_responses(*codes: int) -> dict:
     return {code: {**ERROR_RESPONSES[code], "model": ErrorBody} for code in codes}
 
 
+def validation_message(errors: list[dict]) -> str:
+    """FastAPI's list of validation errors as one sentence that names each field, e.g. "limit must be less
+    than or equal to 500 (got '999')"."""
+    parts = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("query", "path", "header", "body")]
+        field = ".".join(location) or "the request"
+        message = str(error.get("msg") or "is not valid")
+        if message.startswith("Input should be "):   # pydantic's wording: "Input should be a valid integer"
+            message = "must be " + message.removeprefix("Input should be ")
+        else:
+            message = ": " + message[0].lower() + message[1:]
+        value = error.get("input")
+        got = f" (got {value!r})" if isinstance(value, (str, int, float)) else ""
+        parts.append(f"{field} {message}{got}".replace(" : ", ": "))
+    return "; ".join(parts) or "The request is not valid."
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One error shape everywhere: detail is a string, as for every other error.
+        return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)

@@ -39,6 +39,7 @@ async def stats(service: ServiceDep, user: CurrentUser) -> dict:
                       "output_retention_hours": settings.output_retention_hours,
                       "task_retention_days": settings.task_retention_days},
         "auth": "api-key" if service.keys.configured else "open",
+        "ffmpeg": service.ffmpeg.public() if service.ffmpeg else None,
         "defaults": settings.default_params.as_dict(),
         "ranges": {"epsilon": EPSILON_RANGE, "video_strength": VIDEO_STRENGTH_RANGE,
                    "every_n_frames": EVERY_N_FRAMES_RANGE, "audio_level": AUDIO_LEVELS},
@@ -47,8 +48,12 @@ async def stats(service: ServiceDep, user: CurrentUser) -> dict:
 
 @router.get("/health", operation_id="get_health", summary="Liveness: answers while the server runs")
 async def health(service: ServiceDep) -> dict:
-    return {"status": "ok", "version": __version__, "workers": service.pool.size,
-            "busy": service.pool.busy()}
+    # "degraded": a worker has made no progress for the ffmpeg watchdog's time (a child is about to be
+    # killed, or the engines are stuck); the server itself still answers.
+    stalled = service.pool.stalled()
+    return {"status": "degraded" if stalled else "ok", "version": __version__, "workers": service.pool.size,
+            "busy": service.pool.busy(), "stalled": stalled,
+            "ffmpeg": service.ffmpeg.public() if service.ffmpeg else None}
 
 
 @router.get("/", include_in_schema=False)

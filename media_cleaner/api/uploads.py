@@ -43,12 +43,14 @@ UPLOAD_FORM_SCHEMA = {
         "audio_level": {"type": "string", "enum": list(AUDIO_LEVELS) + list(AUDIO_LEVEL_ALIASES)[:3],
                         "default": "weak",
                         "description": "Voice mask budget; 'none' keeps the original sound"},
-        "user_id": {"type": "string", "maxLength": 200,
+        # Empty examples: Swagger UI's "Try it out" otherwise sends "string" and https://example.com/ (a 403
+        # with a key; on an open server the task would be posted to example.com).
+        "user_id": {"type": "string", "maxLength": 200, "example": "",
                     "description": "Owner tag, used to filter GET /tasks; with API keys it is the key's user"},
-        "notes": {"type": "string", "maxLength": 5000, "description": "Free text kept with the task"},
-        "webhook_url": {"type": "string", "maxLength": 2048, "format": "uri",
-                        "description": "Called (POST, the task as JSON, HMAC-signed) when the task completes, "
-                                       "fails or is cancelled; must be a public http(s) host"},
+        "notes": {"type": "string", "maxLength": 5000, "example": "", "description": "Free text kept with the task"},
+        "webhook_url": {"type": "string", "maxLength": 2048, "example": "",
+                        "description": "An http(s) URL called (POST, the task as JSON, HMAC-signed) when the task "
+                                       "completes, fails or is cancelled; must be a public host"},
     },
 }
 
@@ -149,7 +151,7 @@ async def _upload(request: Request, service: MediaCleanerService, user: Principa
         except WebhookRefused as exc:
             raise HTTPException(422, str(exc))
         try:
-            info = await anyio.to_thread.run_sync(probe_media, part_path, service.ffmpeg)
+            info = await anyio.to_thread.run_sync(probe_media, part_path, service.ffmpeg.path)
         except MediaError as exc:
             raise HTTPException(415, str(exc))
         _check_media(settings, info)

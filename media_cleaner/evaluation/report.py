@@ -119,14 +119,17 @@ def write_png(image: np.ndarray, path: Path) -> None:
 
 
 def build_task_report(input_path: str | Path, output_path: str | Path, preview_path: str | Path, *,
-                      protect_seconds: float, ffmpeg: str | None = None, cancel=None) -> dict:
+                      protect_seconds: float, ffmpeg: str | None = None, cancel=None,
+                      progress=None) -> dict:
     """Measure the task's cheap figures and write its sheet to ``preview_path``; the report (JSON-safe).
 
     ``cancel`` (the task's CancelToken) stops it between steps and kills its ffmpeg children; the caller
     handles :class:`~media_cleaner.pipeline.TaskCancelled`. Other failures raise; the worker records them
-    in the report instead of failing the task.
+    in the report instead of failing the task. ``progress`` receives a growing fraction in [0, 1] between
+    the steps.
     """
     started = time.monotonic()
+    progress = progress or (lambda fraction: None)
     import_model_packages()   # not concurrently with the engines' own imports (see there)
     ffmpeg = find_ffmpeg(ffmpeg)
     original_info, protected_info = probe(input_path, ffmpeg), probe(output_path, ffmpeg)
@@ -141,16 +144,19 @@ def build_task_report(input_path: str | Path, output_path: str | Path, preview_p
     report: dict = {"frames_sampled": len(times), "psnr": psnr, "ssim": ssim, "protect_seconds": protect_seconds}
     if cancel is not None:
         cancel.raise_if_cancelled()
+    progress(0.3)
 
     # The MTCNN surrogate only: the black-box judges are too slow for every task (see evaluate).
     judged = _Originals(originals, [], ["mtcnn"])
     report["detection"] = _detection(judged, protected, (1.0, 1.0))
     if cancel is not None:
         cancel.raise_if_cancelled()
+    progress(0.6)
     report["speaker"] = _speaker(input_path, output_path, ffmpeg, cancel) if original_info.has_audio else \
         {"note": "no sound"}
     if cancel is not None:
         cancel.raise_if_cancelled()
+    progress(0.9)
 
     shown = even_indices(len(originals), SHEET_FRAMES)
     sheet = render_sheet([originals[i] for i in shown], [protected[i] for i in shown])
