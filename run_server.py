@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from media_cleaner.api import create_app
+from media_cleaner.api.http_protocol import HTTP_PROTOCOL
 from media_cleaner.auth import KeyConfigError
 from media_cleaner.ffmpeg_bin import FFmpegNotFound
 from media_cleaner.service import MediaCleanerService
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  Docs: {base}/docs", flush=True)
     try:
         uvicorn.run(create_app(service=service), host=settings.host, port=settings.port, log_config=None,
-                    timeout_graceful_shutdown=10)
+                    timeout_graceful_shutdown=10, http=HTTP_PROTOCOL)
     finally:
         service.stop()   # also when uvicorn could not bind the port
     return 0

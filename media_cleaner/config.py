@@ -41,7 +41,7 @@ class Settings(BaseSettings):
                                           description="An ffmpeg child that reads or writes no frame for this "
                                                       "long is killed and its task fails; /health reports a "
                                                       "worker without progress for this long")
-    task_stall_timeout_s: float = Field(900.0, ge=10.0, le=86400.0,
+    task_stall_timeout_s: float = Field(900.0, ge=1.0, le=86400.0,
                                         description="An engine process that reports no progress for this long "
                                                     "(hung, or stopped with SIGSTOP) is killed and its task "
                                                     "fails")

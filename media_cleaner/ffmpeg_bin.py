@@ -30,10 +30,23 @@ _NOISE = re.compile(
     r"video:|\[out#|\[Parsed_showinfo|\[Parsed_ashowinfo|Conversion failed!|Exiting normally|"
     r"At least one output file must be specified)"
 )
-_ERROR_WORDS = re.compile(r"error|invalid|fail|could not|cannot|unable|not found|no such|corrupt|missing|"
+ERROR_WORDS = re.compile(r"error|invalid|fail|could not|cannot|unable|not found|no such|corrupt|missing|"
                           r"unsupported|truncat|denied|unknown|too (?:many|large|small)", re.IGNORECASE)
-_CONTEXT_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
+_CONTEXT_PREFIX = re.compile(r"^(?:\[[^\]]*@ 0x[0-9a-f]+\]\s*)+")
 _ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s'\"\\/:]+[\\/])+([^\s'\"\\/:]+)")
+
+
+# The container formats (ffmpeg demuxers) a user's file may be opened with: those of the accepted extensions
+# (mp4/mov/m4v: mov; mkv/webm: matroska; avi; flv). ffmpeg otherwise picks the demuxer from the content, and
+# some read other files that the content names (concat, HLS/DASH playlists, image2 patterns…): an upload
+# could then read another user's video from the same folder. Protocols are limited to the one local file.
+USER_MEDIA_DEMUXERS = ("mov", "matroska", "avi", "flv")
+USER_MEDIA_INPUT = {"format_whitelist": ",".join(USER_MEDIA_DEMUXERS), "protocol_whitelist": "file"}
+
+
+def user_media_input_args() -> list[str]:
+    """:data:`USER_MEDIA_INPUT` as command-line input options: they go before every ``-i`` of a user's file."""
+    return [arg for name, value in USER_MEDIA_INPUT.items() for arg in (f"-{name}", value)]
 
 
 class FFmpegNotFound(RuntimeError):
@@ -218,7 +231,7 @@ def error_reason(stderr: str, max_lines: int = 3) -> str:
         line = _CONTEXT_PREFIX.sub("", raw.strip())
         if line and not _NOISE.match(raw.strip()) and not _NOISE.match(line):
             lines.append(line)
-    errors = [line for line in lines if _ERROR_WORDS.search(line)]
+    errors = [line for line in lines if ERROR_WORDS.search(line)]
     chosen = (errors or lines)[-max_lines:]
     # ffmpeg often repeats the same complaint for every packet.
     unique = list(dict.fromkeys(chosen))

@@ -37,6 +37,7 @@ class Job:
     audio_bitrate: str
     ffmpeg: str | None
     stall_timeout_s: float      # the ffmpeg watchdog (pipeline)
+    max_duration_s: float | None  # checked again on the decoded frames' timestamps
     preview_path: Path | None   # where the report's before/after sheet goes; None: no report
     data_dir: Path              # the report names its sheet relative to this folder
 
@@ -54,7 +55,8 @@ def run_job(job: Job, make_protectors: ProtectorFactory, progress: Callable[[flo
     protect_video(job.input_path, job.output_path, job.params, protectors=protectors,
                   progress=lambda fraction: progress(protect_share * fraction), cancel=cancel,
                   temp_dir=job.temp_dir, threads=job.threads, crf=job.crf, preset=job.preset,
-                  audio_bitrate=job.audio_bitrate, ffmpeg=job.ffmpeg, stall_timeout_s=job.stall_timeout_s)
+                  audio_bitrate=job.audio_bitrate, ffmpeg=job.ffmpeg, stall_timeout_s=job.stall_timeout_s,
+                  max_duration_s=job.max_duration_s)
     protect_seconds = time.monotonic() - started
     if job.preview_path is None:
         return {"protect_seconds": round(protect_seconds, 2)}

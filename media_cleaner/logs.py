@@ -3,6 +3,7 @@ change, with its id), each rotating at ``log_max_bytes`` × ``log_backup_count``
 from __future__ import annotations
 
 import logging
+import re
 from logging.handlers import RotatingFileHandler
 
 from .config import Settings
@@ -25,6 +26,19 @@ class QuietPolls(logging.Filter):
             if method in ("GET", "HEAD") and isinstance(status, int) and 200 <= status < 400 \
                     and isinstance(path, str) and path.startswith(POLL_PATHS):
                 return False
+        return True
+
+
+class NoSecretsInURLs(logging.Filter):
+    """Blanks the value of credential-like query parameters (``?api_key=…``) in uvicorn's access lines. Such
+    requests are refused (400), but the access line is written all the same."""
+
+    _SECRET = re.compile(r"([?&](?:api[_-]?key|key|x-api-key|token|access_token)=)[^&\s]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], self._SECRET.sub(r"\1***", args[2]), *args[3:])
         return True
 
 
@@ -59,8 +73,9 @@ def setup_logging(settings: Settings) -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     access = logging.getLogger("uvicorn.access")
-    for old in [f for f in access.filters if isinstance(f, QuietPolls)]:
+    for old in [f for f in access.filters if isinstance(f, (QuietPolls, NoSecretsInURLs))]:
         access.removeFilter(old)
+    access.addFilter(NoSecretsInURLs())
     if settings.log_level != "DEBUG":
         access.addFilter(QuietPolls())
     logging.getLogger("media_cleaner.queue").addHandler(rotating("queue.log"))

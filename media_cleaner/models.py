@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class TaskStatus(str, Enum):
@@ -45,7 +46,9 @@ class Task(BaseModel):
     created_at: str = Field(default_factory=utc_now)
     started_at: str | None = None
     completed_at: str | None = None
-    attempts: int = Field(0, description="Times a worker has started this task")
+    attempts: int = Field(0, description="Times a worker has started this task (runs a server crash interrupted "
+                                         "are given back when the engines run in processes of their own)")
+    server_crashes: int = Field(0, description="Times a crash of the server interrupted this task")
     output_video: str | None = Field(None, description="Protected file, relative to the data folder")
     error_message: str | None = None
     media: dict[str, Any] | None = Field(None, description="Probe of the input: duration, size, fps, frames, audio")
@@ -56,14 +59,17 @@ class Task(BaseModel):
     webhook_attempts: int = 0
 
     def public(self) -> dict[str, Any]:
-        """The JSON a client sees, with a download link once the file is ready."""
-        data = self.model_dump(mode="json")
+        """The JSON a client sees, with a download link once the file is ready; no server paths."""
+        data = self.model_dump(mode="json", exclude={"input_video", "output_video"})
         data["download_url"] = f"/download/{self.task_id}" if self.status == TaskStatus.completed else None
         return data
 
 
 class TaskView(Task):
-    """A task as the API returns it."""
+    """A task as the API returns it: without the server's paths of its files."""
+
+    input_video: SkipJsonSchema[str | None] = Field(None, exclude=True)
+    output_video: SkipJsonSchema[str | None] = Field(None, exclude=True)
 
     download_url: str | None = Field(None, examples=["/download/3f2b9c1e8a7d4f60b1c2d3e4f5a6b7c8"])
 

@@ -37,7 +37,8 @@ import av
 import ffmpeg
 import numpy as np
 
-from .ffmpeg_bin import FFmpegError, error_reason, find_ffmpeg, kill_process, run_ffmpeg
+from .ffmpeg_bin import (ERROR_WORDS, USER_MEDIA_INPUT, FFmpegError, error_reason, find_ffmpeg, kill_process,
+                         run_ffmpeg)
 from .params import ProtectionParams
 from .probe import MediaError, MediaInfo, probe_media
 from .protection import AudioStreamInfo, Protectors, VideoStreamInfo, build_protectors
@@ -202,6 +203,10 @@ class _FFmpegProcess:
     def reason(self) -> str:
         return error_reason("\n".join(self._log))
 
+    def complained(self) -> bool:
+        """Whether its log has an error line (a decoder says so when it meets damaged data)."""
+        return any(ERROR_WORDS.search(line) for line in self._log)
+
     def finish(self) -> int:
         """Close its input, wait for it to exit and for its log; the exit status."""
         if self.process.stdin is not None and not self.process.stdin.closed:
@@ -363,7 +368,7 @@ def _decoder_command(info: MediaInfo, settings: _Settings, colours: ColourPlan) 
                 f"scale=w={width}:h={height}:in_color_matrix={colours.scale_matrix}", "format=rgb24"]
     # ffmpeg turns the frames upright itself (autorotate), before these filters. The chain stays one -vf
     # string: showinfo must sit at this place in it, and _FrameClock parses its log ("info" level).
-    source = ffmpeg.input(info.path, threads=settings.threads)
+    source = ffmpeg.input(info.path, threads=settings.threads, **USER_MEDIA_INPUT)
     frames = source["V:0"].output(  # "V": the first real video stream, not cover art
         "pipe:", vf=",".join(filters), fps_mode="passthrough", format="rawvideo", pix_fmt="rgb24",
         an=None, sn=None, dn=None)  # None: a flag without a value
@@ -392,7 +397,7 @@ def _encoder_command(info: MediaInfo, settings: _Settings, colours: ColourPlan, 
 def _audio_decoder_command(info: MediaInfo, settings: _Settings, rate: int, channels: int) -> list[str]:
     # Fill gaps and late starts with silence (or trim) so the PCM timeline starts where the video's does.
     align = f"aresample=min_comp=0.001:min_hard_comp={AUDIO_SYNC_TOLERANCE_S}:first_pts=0"
-    source = ffmpeg.input(info.path, threads=settings.threads)
+    source = ffmpeg.input(info.path, threads=settings.threads, **USER_MEDIA_INPUT)
     pcm = source["a:0"].output("pipe:", af=align, format="f32le", acodec="pcm_f32le", ar=rate, ac=channels,
                                vn=None, sn=None, dn=None)
     return settings.command(pcm, loglevel="error")
@@ -406,8 +411,12 @@ def _audio_encoder_command(settings: _Settings, rate: int, channels: int, target
 
 
 def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, cancel: CancelToken,
-               watchdog: _Watchdog, progress: Callable[[float], None], share: float, target: Path) -> _FrameClock:
-    """Decode → protect each frame → encode at a constant rate into ``target``; the frame timestamps."""
+               watchdog: _Watchdog, progress: Callable[[float], None], share: float, target: Path,
+               max_duration_s: float | None) -> _FrameClock:
+    """Decode → protect each frame → encode at a constant rate into ``target``; the frame timestamps.
+
+    The frames' own timestamps must stay within ``max_duration_s`` of the first, and a decoder that
+    complained must have delivered every frame the probe counted: otherwise the run fails (MediaError)."""
     width, height = _video_size(info)
     colours = plan_colours(info)
     clock = _FrameClock(info.frame_rate)
@@ -443,6 +452,9 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
             check()
             if pts_s is None:
                 raise MediaError(f"The video could not be decoded at frame {index}: its timestamp is missing")
+            if max_duration_s is not None and pts_s - float(clock.pts[0] * clock.time_base) > max_duration_s:
+                raise MediaError(f"The video runs longer than this server accepts ({max_duration_s / 60:.0f} "
+                                 f"minutes): frame {index} is shown at {pts_s / 60:.0f} minutes.")
             protected = protectors.video.protect_frame(frame, pts_s, index)
             if not isinstance(protected, np.ndarray) or protected.shape != frame.shape \
                     or protected.dtype != np.uint8:
@@ -466,6 +478,11 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
             raise MediaError(f"The video could not be decoded at frame {index}: {decoder.reason()}")
         if index == 0:
             raise MediaError("The video contains no frames that could be decoded.")
+        if index != info.frame_count and decoder.complained():
+            # The output promises every frame of the input; a damaged file would quietly lose some.
+            raise MediaError(f"The video is damaged: {info.frame_count - index} of its {info.frame_count} frames "
+                             f"could not be decoded ({decoder.reason()}). Repair or export it again and upload "
+                             f"the new file.")
         with watchdog.waiting(encoder, "finishing the encoded video"):
             encoder_status = encoder.finish()
         check()
@@ -596,7 +613,7 @@ def _mux_command(settings: _Settings, info: MediaInfo, video: Path, video_start_
         streams.append(ffmpeg.input(str(audio))["a:0"])
         codecs["acodec"] = "copy"
     elif info.has_audio:  # the original sound, with the original file's timeline
-        streams.append(ffmpeg.input(info.path)["a:0"])
+        streams.append(ffmpeg.input(info.path, **USER_MEDIA_INPUT)["a:0"])
         if info.audio_codec in MP4_AUDIO_CODECS:
             codecs["acodec"] = "copy"
         else:
@@ -613,14 +630,16 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   protectors: Protectors | None = None, progress: Callable[[float], None] | None = None,
                   cancel: CancelToken | None = None, temp_dir: str | os.PathLike, threads: int = 1,
                   crf: int = 17, preset: str = "fast", audio_bitrate: str = "192k", ffmpeg: str | None = None,
-                  info: MediaInfo | None = None, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> MediaInfo:
+                  info: MediaInfo | None = None, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+                  max_duration_s: float | None = None) -> MediaInfo:
     """Write the protected version of ``input_path`` to ``output_path`` (MP4); the input's description.
 
     ``protectors`` default to :func:`build_protectors` for ``params``. ``progress`` receives a growing
     fraction in [0, 1]. ``cancel`` stops the run (:class:`TaskCancelled`). Scratch files live in a fresh
     folder under ``temp_dir`` that is always removed; ``output_path`` appears only complete. ``threads``
     caps every ffmpeg child. An ffmpeg child that keeps the run waiting for ``stall_timeout_s`` is killed and
-    the run fails (:class:`MediaError`). Unusable media raise :class:`MediaError`; protector errors propagate.
+    the run fails (:class:`MediaError`), as does a video whose frames run past ``max_duration_s``. Unusable
+    media raise :class:`MediaError`; protector errors propagate.
     """
     settings = _Settings(find_ffmpeg(ffmpeg), max(1, int(threads)), crf, preset, audio_bitrate)
     cancel = cancel or CancelToken()
@@ -641,7 +660,8 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
     try:
         cancel.raise_if_cancelled()
         encoded = work / "video_encoded.mp4"
-        clock = _run_video(info, protectors, settings, cancel, watchdog, report, video_share, encoded)
+        clock = _run_video(info, protectors, settings, cancel, watchdog, report, video_share, encoded,
+                           max_duration_s)
         audio = None
         if protect_audio:
             audio = work / "audio.m4a"

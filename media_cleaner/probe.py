@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from .ffmpeg_bin import capture_ffmpeg, error_reason, find_ffmpeg
+from .ffmpeg_bin import USER_MEDIA_INPUT, capture_ffmpeg, error_reason, find_ffmpeg
 
 # A frame duration further than this from the typical one makes the stream variable-rate
 # (container timestamps are rounded, to the millisecond in mkv/webm/flv).
@@ -237,7 +237,36 @@ def _is_variable_rate(timestamps: list[int], time_base: Fraction) -> bool:
 
 # --- errors a person can act on ---------------------------------------------------------------------------
 
-def _open_error(stderr: str) -> MediaError:
+# The first bytes of the still-picture and sound-only formats people upload by mistake: the demuxer whitelist
+# refuses them before ffmpeg names them, so they are told apart here for a helpful message.
+_PICTURE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*")
+_SOUND_SIGNATURES = (b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"fLaC")
+
+
+def _sniff(path: Path) -> str | None:
+    """"picture", "sound" or None, from the file's first bytes."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return None
+    riff = head[8:12] if head.startswith(b"RIFF") else b""
+    if head.startswith(_PICTURE_SIGNATURES) or riff == b"WEBP":
+        return "picture"
+    if head.startswith(_SOUND_SIGNATURES) or riff == b"WAVE":
+        return "sound"
+    return None
+
+
+def _open_error(stderr: str, path: Path) -> MediaError:
+    if "not on whitelist" in stderr:
+        kind = _sniff(path)
+        if kind == "picture":
+            return MediaError("The file is a still picture, not a video. Please upload a video.")
+        if kind == "sound":
+            return MediaError("The file contains only sound and no picture. Please upload a video.")
+        return MediaError("The file is not in a video format we accept. Please upload an MP4, MOV, M4V, MKV, "
+                          "WEBM, AVI or FLV video (playlists and files that refer to other files are refused).")
     not_media = MediaError("The file could not be read as a video: it is not in a video format we recognise. "
                            "Please upload a video file (for example MP4, MOV, MKV, WEBM or AVI).")
     # A text file renamed .mp4 also lacks a moov atom; ffmpeg says it only guessed the format.
@@ -256,7 +285,7 @@ def _open_error(stderr: str) -> MediaError:
 def _probe_command(path: Path, executable: str) -> list[str]:
     """ffmpeg's listing of ``path`` on stderr, and a framecrc dump of its video packets on stdout."""
     # "V:0?": the first real video stream (not cover art), and no error when there is none (the listing says).
-    packets = ffmpeg.input(str(path))["V:0?"].output("-", c="copy", format="framecrc")
+    packets = ffmpeg.input(str(path), **USER_MEDIA_INPUT)["V:0?"].output("-", c="copy", format="framecrc")
     return packets.global_args("-hide_banner", "-nostdin").compile(cmd=executable)
 
 
@@ -279,7 +308,7 @@ def probe_media(path: str | os.PathLike, ffmpeg: str | None = None) -> MediaInfo
     stderr = stderr_bytes.decode("utf-8", "replace")
     listing = _parse_listing(stderr)
     if listing["container"] is None:
-        raise _open_error(stderr)
+        raise _open_error(stderr, path)
     video, audio = listing["video"], listing["audio"]
     # ffmpeg reads a lone picture (png_pipe, jpeg_pipe, …, image2) as a one-frame video.
     if listing["container"].endswith("_pipe") or listing["container"] == "image2":
@@ -299,9 +328,12 @@ def probe_media(path: str | os.PathLike, ffmpeg: str | None = None) -> MediaInfo
     rotation = video["rotation"]
     turned = rotation in (90, 270)
     colors = video["colors"]
+    # The frames' own timestamps, not only the header's claim: a header can say 2 s over frames that span 10 h
+    # (the duration limit is judged on this figure).
+    spanned = float((timestamps[-1] - timestamps[0] + max(durations[-1], 0)) * time_base)
     duration = listing["duration_s"]
-    if duration is None or not math.isfinite(duration):
-        duration = float((timestamps[-1] - timestamps[0] + (durations[-1] or 0)) * time_base)
+    if duration is None or not math.isfinite(duration) or duration < spanned:
+        duration = spanned
     return MediaInfo(
         path=str(path), container=listing["container"], duration_s=duration,
         width=video["height"] if turned else video["width"], height=video["width"] if turned else video["height"],

@@ -48,7 +48,8 @@ class MediaCleanerService:
         self.ffmpeg = inspect_ffmpeg(settings.ffmpeg)   # refuses one the pipeline cannot use, before anything
         self.keys = KeyRing.load(settings.api_keys_file, settings.api_keys)
         self.store.open()
-        for task in self.store.recover(settings.max_attempts):
+        # The engines in processes of their own cannot crash the server: its crash is not the task's fault.
+        for task in self.store.recover(settings.max_attempts, charge_crashes=not self.pool.isolated):
             log.warning("task %s was interrupted; now %s (attempt %d)", task.task_id, task.status.value,
                         task.attempts)
         self._remove_leftovers()

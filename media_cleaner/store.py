@@ -38,6 +38,10 @@ class TaskNotFound(KeyError):
     pass
 
 
+# A task whose runs the server's crashes interrupted this many times fails (see TaskStore.recover).
+MAX_SERVER_CRASHES = 10
+
+
 class TaskStore:
     def __init__(self, path: Path, *, progress_interval_s: float = 1.0):
         self.path = Path(path)
@@ -271,12 +275,33 @@ class TaskStore:
         log.info("task %s deleted", task_id)
         return task
 
-    def recover(self, max_attempts: int) -> list[Task]:
-        """At start-up: tasks a crash left in ``processing`` go back to pending, or fail after max_attempts."""
+    def recover(self, max_attempts: int, charge_crashes: bool = True,
+                max_server_crashes: int = MAX_SERVER_CRASHES) -> list[Task]:
+        """At start-up: tasks a crash left in ``processing`` go back to pending, or fail.
+
+        How a crash of the server is counted: with ``charge_crashes`` (the engines ran inside the server, so
+        the task itself may have crashed it) the interrupted run counts as one of ``max_attempts``, the guard
+        against a poison task. Without it (each task ran in an engine process of its own, whose crash fails
+        only that task and never the server) the attempt is given back and only ``server_crashes`` grows: the
+        task fails after ``max_server_crashes`` such restarts, a guard that innocent tasks do not reach."""
         changed = []
         with self._lock:
             for task in list(self._tasks.values()):
                 if task.status != TaskStatus.processing:
+                    continue
+                if not charge_crashes:
+                    crashes = task.server_crashes + 1
+                    if crashes >= max_server_crashes:
+                        changed.append(self.update(
+                            task.task_id, status=TaskStatus.failed, completed_at=utc_now(), eta_s=None,
+                            server_crashes=crashes,
+                            error_message=(f"The server stopped unexpectedly {crashes} times while working on "
+                                           f"this video, so it was given up. Upload it again; if it happens "
+                                           f"again, tell the server's operator.")))
+                    else:
+                        changed.append(self.update(task.task_id, status=TaskStatus.pending, progress=0.0,
+                                                   eta_s=None, started_at=None, server_crashes=crashes,
+                                                   attempts=max(0, task.attempts - 1)))
                     continue
                 if task.attempts >= max_attempts:
                     changed.append(self.update(

@@ -42,21 +42,53 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64: RFC 6052 and RFC 8215): a gateway
+# turns them into that IPv4 address, so they are judged by it.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped or ip.sixtofour or (ip.teredo and ip.teredo[1]):
+        return ip.ipv4_mapped or ip.sixtofour or ip.teredo[1]
+    if any(ip in network for network in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        return _is_public(embedded)
+    return ip.is_global and not ip.is_multicast
+
+
 def check_webhook_url(url: str, allow_private: bool) -> None:
-    """Raise :class:`WebhookRefused` unless ``url`` is an http(s) URL of a public host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """Raise :class:`WebhookRefused` unless ``url`` is a well-formed http(s) URL of a public host.
+
+    Well-formed means what the HTTP client will accept too, with no spaces or control characters (a CR/LF
+    would otherwise reach the request line): every URL stored with a task can be delivered."""
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        raise WebhookRefused("webhook_url must not contain spaces, line breaks or other control characters")
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise WebhookRefused(f"webhook_url is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise WebhookRefused("webhook_url must be an http:// or https:// URL with a host name")
     if allow_private:
         return
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
+        port = port or (443 if parts.scheme == "https" else 80)
+        addresses = {info[4][0] for info in socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)}
     except (socket.gaierror, UnicodeError, ValueError):
-        raise WebhookRefused(f"webhook_url host {parts.hostname!r} cannot be resolved")
+        raise WebhookRefused(f"webhook_url host {hostname!r} cannot be resolved") from None
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global or ip.is_multicast:
+        if not _is_public(ip):
             raise WebhookRefused(f"webhook_url points at a loopback, private or link-local address "
                                  f"({ip}); this server only calls public hosts")
 
@@ -106,7 +138,12 @@ class WebhookSender:
             for _, task, attempt in due:
                 if self._stop.is_set():
                     return
-                retry = self._deliver(task, attempt)
+                try:
+                    retry = self._deliver(task, attempt)
+                except Exception:   # no single delivery may stop the sender for everyone
+                    log.exception("webhook for task %s: delivery failed unexpectedly", task.task_id)
+                    self._record_safely(task.task_id, "failed", attempt)
+                    retry = False
                 if retry:
                     waiting.append((time.monotonic() + 2.0 ** (attempt - 1), task, attempt + 1))
 
@@ -128,6 +165,8 @@ class WebhookSender:
             retry, ok, outcome = False, False, str(exc)
         except httpx.HTTPError as exc:
             retry, ok, outcome = True, False, type(exc).__name__
+        except httpx.InvalidURL as exc:   # stored by an older version that did not check as much
+            retry, ok, outcome = False, False, f"invalid URL ({exc})"
         if ok:
             status = "delivered"
         elif retry and attempt < self.max_attempts:
@@ -135,8 +174,11 @@ class WebhookSender:
         else:
             status, retry = "failed", False
         log.info("webhook for task %s attempt %d: %s (%s)", task.task_id, attempt, outcome, status)
-        try:
-            self._record(task.task_id, status, attempt)
-        except Exception:   # the task may have been deleted meanwhile
-            log.debug("could not record webhook outcome for %s", task.task_id, exc_info=True)
+        self._record_safely(task.task_id, status, attempt)
         return retry
+
+    def _record_safely(self, task_id: str, status: str, attempt: int) -> None:
+        try:
+            self._record(task_id, status, attempt)
+        except Exception:   # the task may have been deleted meanwhile
+            log.debug("could not record webhook outcome for %s", task_id, exc_info=True)

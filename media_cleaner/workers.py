@@ -178,6 +178,7 @@ class WorkerPool:
                   temp_dir=settings.temp_dir / task_id, threads=settings.threads_per_worker,
                   crf=settings.video_crf, preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
                   ffmpeg=settings.ffmpeg, stall_timeout_s=settings.ffmpeg_stall_timeout_s,
+                  max_duration_s=settings.max_duration_s,
                   data_dir=settings.data_dir,
                   preview_path=settings.output_dir / preview_file_name(task_id) if settings.task_reports else None)
         started = time.monotonic()

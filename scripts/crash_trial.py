@@ -28,6 +28,7 @@ from trial_server import ROOT, ServerProcess, make_clip
 
 sys.path.insert(0, str(ROOT))
 from media_cleaner.probe import probe_media  # noqa: E402
+from media_cleaner.workers import output_name  # noqa: E402
 
 
 def slow_body(path: Path, chunk: int = 64 * 1024, pause: float = 0.02):
@@ -132,7 +133,8 @@ def main() -> int:
         if task is None or task["status"] != "completed":
             lost.append((task_id, task and task["status"]))
             continue
-        if probe_media(data_dir / task["output_video"]).frame_count != probe_media(source).frame_count:
+        output = data_dir / "videos_output" / output_name(task["task_id"], task["original_filename"])
+        if probe_media(output).frame_count != probe_media(source).frame_count:
             wrong.append(task_id)
     unaccepted = sorted(set(tasks) - set(accepted))   # a task the client never heard about: a cut-off upload
     leftovers = [p.name for p in (data_dir / "videos_temp").rglob("*")] + \

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 from trial_server import ROOT, descendants, rss_kib
 
+from media_cleaner.workers import output_name  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,7 +72,7 @@ def main() -> int:
         print(f"server RSS idle: {idle_rss / 1024:.0f} MiB, peak: {peak['server'] / 1024:.0f} MiB; "
               f"peak with its children (engine processes, ffmpeg): {peak['tree'] / 1024:.0f} MiB")
         if task["status"] == "completed":
-            print(f"output: {data_dir / task['output_video']}")
+            print(f"output: {data_dir / 'videos_output' / output_name(task['task_id'], task['original_filename'])}")
         return 0 if task["status"] == "completed" else 1
     finally:
         stop.set()

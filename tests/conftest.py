@@ -12,7 +12,7 @@ from media_cleaner.config import Settings
 from media_cleaner.params import ProtectionParams
 from media_cleaner.protection import PassThroughAudio, PassThroughVideo, Protectors
 from media_cleaner.service import MediaCleanerService
-from media_cleaner.workers import WorkerPool
+from media_cleaner.workers import WorkerPool, output_name
 
 
 def pass_through(params: ProtectionParams, threads: int) -> Protectors:
@@ -56,3 +56,13 @@ def wait_for(client, task_id: str, statuses=("completed", "failed", "cancelled")
             return task
         time.sleep(0.05)
     raise AssertionError(f"task {task_id} still {task['status']} after {timeout} s")
+
+
+def stored_upload(data_dir: Path, task: dict) -> Path:
+    """Where the server keeps a task's upload. The API does not say (server paths stay out of its answers)."""
+    return data_dir / "videos_input" / f"{task['task_id']}{Path(task['original_filename']).suffix.lower()}"
+
+
+def stored_output(data_dir: Path, task: dict) -> Path:
+    """Where the server keeps a task's protected video."""
+    return data_dir / "videos_output" / output_name(task["task_id"], task["original_filename"])

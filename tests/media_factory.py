@@ -35,12 +35,14 @@ def _ffmpeg(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
 def make_video(path: Path, seconds: float = 2, size: str = "320x240", fps: int = 25, audio: bool = True,
                channels: int = 2, sample_rate: int = 48000, rotate: int | None = None, vfr: bool = False,
                pix_fmt: str = "yuv420p", codec: str | None = None, audio_codec: str | None = None,
-               metadata: dict[str, str] | None = None, audio_delay_s: float = 0.0) -> Path:
+               metadata: dict[str, str] | None = None, audio_delay_s: float = 0.0,
+               retime: str | None = None) -> Path:
     """A ``testsrc2`` video (with a ``sine`` tone unless ``audio`` is False) in the container of ``path``.
 
     ``rotate``: display rotation flag in ffmpeg's counter-clockwise degrees (the pixels stay as coded).
     ``vfr``: drop 3 of every 10 frames, keeping the others' timestamps (irregular frame durations).
     ``audio_delay_s``: the sound starts this much after the picture.
+    ``retime``: a ``setpts`` expression that gives the frames other timestamps (written as they are).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -57,6 +59,9 @@ def make_video(path: Path, seconds: float = 2, size: str = "320x240", fps: int =
     if vfr:
         video_filter = f"select='not(between(mod(n\\,10)\\,3\\,5))',{video_filter}"
         options += ["-fps_mode", "vfr"]
+    if retime:
+        video_filter = f"setpts={retime},{video_filter}"
+        options += ["-fps_mode", "passthrough"]
     options += ["-vf", video_filter, "-c:v", codec, "-pix_fmt", pix_fmt]
     if codec == "libx265":
         options += ["-x265-params", "log-level=error"]

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from conftest import wait_for
+from conftest import stored_output, stored_upload, wait_for
 from media_factory import make_video
 
 from media_cleaner.auth import KeyRing, add_key, hash_key, revoke_user
@@ -118,14 +118,14 @@ def test_retention_drops_inputs_expires_outputs_prunes_tasks(api_factory, clip, 
     # The upload goes once the task is done: the store's listener deletes it just after the status is
     # committed (in that order, so a crash between the two cannot lose a finished task's state), and a
     # lock-free status read can land in between.
-    upload_path, deadline = tmp_path / task["input_video"], time.monotonic() + 5
+    upload_path, deadline = stored_upload(tmp_path, task), time.monotonic() + 5
     while upload_path.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not upload_path.exists()
     service = api.app.state.service
     later = datetime.now(timezone.utc) + timedelta(hours=2)
     assert sweep(service.settings, service.store, later) == {"expired": 1, "pruned": 0}
-    assert not (tmp_path / done["output_video"]).exists()
+    assert not stored_output(tmp_path, done).exists()
     gone = api.get(f"/download/{task['task_id']}")
     assert gone.status_code == 410 and "expired" in gone.json()["detail"]
     assert sweep(service.settings, service.store, later + timedelta(days=3)) == {"expired": 0, "pruned": 1}
@@ -136,7 +136,7 @@ def test_keep_inputs_keeps_them(api_factory, clip, tmp_path):
     api = api_factory(keep_inputs=True)
     task = upload(api, clip).json()
     wait_for(api, task["task_id"])
-    assert (tmp_path / task["input_video"]).exists()
+    assert (stored_upload(tmp_path, task)).exists()
 
 
 class Receiver:

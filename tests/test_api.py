@@ -6,7 +6,7 @@ import logging
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import stored_output, stored_upload, wait_for
 from media_factory import make_video
 
 from media_cleaner.logs import QuietPolls
@@ -67,13 +67,14 @@ def test_upload_status_download_round_trip(api, clip, tmp_path):
     done = wait_for(api, task["task_id"])
     assert done["status"] == "completed", done
     assert done["progress"] == 100 and done["attempts"] == 1
-    assert done["output_video"] == f"videos_output/{task['task_id']}_talk_protected.mp4"
+    assert "output_video" not in done and "input_video" not in done   # server paths stay internal
+    assert stored_output(tmp_path, done) == tmp_path / f"videos_output/{task['task_id']}_talk_protected.mp4"
     assert done["download_url"] == f"/download/{task['task_id']}"
 
     file = api.get(done["download_url"])
     assert file.status_code == 200 and file.headers["content-type"] == "video/mp4"
     assert 'filename="talk_protected.mp4"' in file.headers["content-disposition"]
-    assert file.content == (tmp_path / done["output_video"]).read_bytes()
+    assert file.content == stored_output(tmp_path, done).read_bytes()
     part = api.get(done["download_url"], headers={"Range": "bytes=0-99"})
     assert part.status_code == 206 and part.content == file.content[:100]
 
@@ -149,9 +150,10 @@ def test_path_traversal_and_unicode_names_are_tamed(api, clip, tmp_path):
     assert response.status_code == 202, response.text
     task = response.json()
     assert task["original_filename"] == "пример видео.mp4"
-    assert task["input_video"] == f"videos_input/{task['task_id']}.mp4"
+    assert stored_upload(tmp_path, task) == tmp_path / f"videos_input/{task['task_id']}.mp4"
     done = wait_for(api, task["task_id"])
-    assert done["output_video"] == f"videos_output/{task['task_id']}_пример_видео_protected.mp4"
+    assert stored_output(tmp_path, done).name == f"{task['task_id']}_пример_видео_protected.mp4"
+    assert stored_output(tmp_path, done).exists()
 
 
 def test_size_limit_is_enforced_while_streaming(api_factory, clip, tmp_path):
@@ -174,7 +176,7 @@ def test_download_before_completion_is_409_and_cancel_pending_is_immediate(api_f
     assert api.get(f"/download/{queued['task_id']}").status_code == 409
     cancelled = api.delete(f"/tasks/{queued['task_id']}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert not (tmp_path / queued["input_video"]).exists()
+    assert not stored_upload(tmp_path, queued).exists()
     wait_for(api, running["task_id"])
     assert api.get(f"/status/{queued['task_id']}").json()["status"] == "cancelled"
     assert "cancelled" in api.get(f"/download/{queued['task_id']}").json()["detail"]
@@ -215,7 +217,7 @@ def test_a_failing_task_does_not_kill_its_worker(api_factory, clip):
 def test_delete_finished_task_removes_its_files(api, clip, tmp_path):
     task = upload(api, clip).json()
     done = wait_for(api, task["task_id"])
-    assert (tmp_path / done["output_video"]).exists()
+    assert stored_output(tmp_path, done).exists()
     response = api.delete(f"/tasks/{task['task_id']}")
     assert response.json() == {"task_id": task["task_id"], "deleted": True}
     assert data_files(tmp_path) == [] and api.get(f"/status/{task['task_id']}").status_code == 404

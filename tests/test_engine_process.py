@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_service, wait_for
+from conftest import make_service, stored_output, wait_for
 from engine_factories import CRASH, NORMAL, RAISE, SLOW, engines
 from fastapi.testclient import TestClient
 from media_factory import make_video
@@ -87,7 +87,7 @@ def test_a_task_runs_in_a_low_priority_engine_process_of_its_own(records, clips,
             as client:
         done = wait_for(client, upload(client, clips["short"], audio_level="weak")["task_id"])
         assert done["status"] == "completed", done
-        assert client.get(done["download_url"]).content == (tmp_path / done["output_video"]).read_bytes()
+        assert client.get(done["download_url"]).content == stored_output(tmp_path, done).read_bytes()
         [engine] = engines(records)
         assert engine["pid"] != os.getpid() and engine["pgid"] == engine["pid"]   # its own process group
         assert engine["nice"] == min(19, os.nice(0) + ENGINE_NICENESS)
@@ -113,6 +113,31 @@ def test_cancel_kills_the_engine_process_and_its_ffmpeg_then_a_new_one_takes_the
     assert eventually(lambda: not list((tmp_path / "videos_temp").iterdir()))
     assert list((tmp_path / "videos_output").iterdir()) == []   # no partial output either
     assert wait_for(api, task["task_id"])["status"] == "cancelled"
+
+    done = wait_for(api, upload(api, clips["short"])["task_id"])
+    assert done["status"] == "completed", done
+    assert engines(records)[1]["pid"] != pid
+
+
+def test_a_stopped_engine_process_is_killed_by_the_watchdog_and_the_queue_goes_on(api_factory, records, clips,
+                                                                                    tmp_path):
+    """SIGSTOP on the busy engine (a hang, as far as the server can tell): without the watchdog the task stayed
+    processing forever and two such tasks blocked the whole queue."""
+    api = api_factory(protector_factory=None, engine_factory="engine_factories:scripted", task_stall_timeout_s=2)
+    task = upload(api, clips["long"], SLOW)
+    running = wait_for(api, task["task_id"], statuses=("processing",))
+    deadline = time.monotonic() + 30
+    while running["progress"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = api.get(f"/status/{task['task_id']}").json()
+    pid = engines(records)[0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    failed = wait_for(api, task["task_id"], timeout=30)
+    assert failed["status"] == "failed" and "made no progress for 2 s" in failed["error_message"]
+    assert time.monotonic() - stopped < 15
+    assert eventually(lambda: not group_members(pid), timeout=5)   # killed with its ffmpeg children
+    assert list((tmp_path / "videos_output").iterdir()) == []
 
     done = wait_for(api, upload(api, clips["short"])["task_id"])
     assert done["status"] == "completed", done

@@ -6,7 +6,7 @@ import io
 import zipfile
 
 import pytest
-from conftest import wait_for
+from conftest import stored_output, stored_upload, wait_for
 from media_factory import make_audio_only, make_truncated_mp4, make_video
 from PIL import Image
 from skimage import data
@@ -24,7 +24,7 @@ def media(tmp_path_factory):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("readme.txt", "not a video")
     tiny = make_video(root / "tiny.mp4", seconds=0.3, size="8x8", fps=10, audio=False)
-    wide = (b"YUV4MPEG2 W8000 H64 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\x80" * (8000 * 64 * 3 // 2))
+    wide = make_video(root / "wide.mkv", seconds=0.2, size="8000x64", fps=10, audio=False).read_bytes()
     return {
         "clip": clip.read_bytes(),
         "png": png.getvalue(),
@@ -34,6 +34,12 @@ def media(tmp_path_factory):
         "tiny": tiny.read_bytes(),
         "wide": wide,
         "absurd": b"YUV4MPEG2 W16000 H16000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\x80" * 1000,
+        # Formats whose content names other files: ffmpeg would read them (another user's upload among them).
+        "ffconcat": b"ffconcat version 1.0\nfile 'c0ffee0000000000000000000000beef.mp4'\n",
+        "ffconcat absolute": b"ffconcat version 1.0\nfile '/etc/passwd'\n",
+        "hls": b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nclip.mp4\n#EXT-X-ENDLIST\n",
+        "sdp": b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+               b"m=video 5004 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n",
     }
 
 
@@ -69,8 +75,16 @@ REFUSED = [
     ("ZIP renamed .mp4", lambda m: [file_part(m, "zip")], 415, "could not be read as a video"),
     ("ZIP with a video inside its comment", lambda m: [("file", "poly.mp4", m["zip"] + m["clip"])], 415,
      "could not be read as a video"),
-    ("header declares absurd dimensions", lambda m: [file_part(m, "absurd")], 415, "no frames"),
-    ("wider than the limit", lambda m: [file_part(m, "wide")], 413, "at most 7680"),
+    ("raw YUV4MPEG stream declaring absurd dimensions", lambda m: [file_part(m, "absurd")], 415,
+     "not in a video format we accept"),
+    ("wider than the limit", lambda m: [file_part(m, "wide", name="wide.mkv")], 413, "at most 7680"),
+    ("ffconcat playlist naming another upload", lambda m: [file_part(m, "ffconcat")], 415,
+     "not in a video format we accept"),
+    ("ffconcat playlist naming a server file", lambda m: [file_part(m, "ffconcat absolute")], 415,
+     "not in a video format we accept"),
+    # (ffmpeg's HLS demuxer wants an .m3u8 name and does not claim it; refused either way)
+    ("HLS playlist", lambda m: [file_part(m, "hls")], 415, "could not be read as a video"),
+    ("SDP session (network stream)", lambda m: [file_part(m, "sdp")], 415, "not in a video format we accept"),
     ("8x8 video", lambda m: [file_part(m, "tiny")], 422, "at least 16 pixels"),
     ("audio-only file", lambda m: [file_part(m, "audio")], 415, "only sound"),
     ("missing file field", lambda m: [("epsilon", None, b"0.1")], 422, "field 'file'"),
@@ -102,6 +116,18 @@ REFUSED = [
      "loopback, private or link-local"),
     ("webhook with another scheme", lambda m: [("webhook_url", None, b"file:///etc/passwd"), file_part(m)], 422,
      "http:// or https://"),
+    ("webhook with CR/LF", lambda m: [("webhook_url", None, b"http://93.184.216.34/a\r\nX: 1"), file_part(m)], 422,
+     "control characters"),
+    ("webhook malformed IPv6", lambda m: [("webhook_url", None, b"http://[::1:18999/"), file_part(m)], 422,
+     "not a valid URL"),
+    ("webhook IPv6 garbage", lambda m: [("webhook_url", None, b"http://[zzz]/"), file_part(m)], 422,
+     "not a valid URL"),
+    ("webhook port out of range", lambda m: [("webhook_url", None, b"http://93.184.216.34:99999/"), file_part(m)],
+     422, "not a valid URL"),
+    ("webhook NAT64 loopback", lambda m: [("webhook_url", None, b"http://[64:ff9b::7f00:1]/"), file_part(m)], 422,
+     "loopback, private or link-local"),
+    ("webhook IPv4-mapped private", lambda m: [("webhook_url", None, b"http://[::ffff:10.0.0.1]/"), file_part(m)],
+     422, "loopback, private or link-local"),
     ("user_id too long", lambda m: [("user_id", None, b"u" * 201), file_part(m)], 422, "at most 200"),
     ("unknown field", lambda m: [("color", None, b"red"), file_part(m)], 422, "Unknown field(s) 'color'"),
     ("field value too long", lambda m: [("notes", None, b"n" * 70000), file_part(m)], 422, "too long"),
@@ -146,10 +172,10 @@ def test_hostile_names_are_tamed(api, media, tmp_path, case, name, stored):
     assert response.status_code == 202, response.text
     task = response.json()
     assert task["original_filename"] == stored
-    assert task["input_video"] == f"videos_input/{task['task_id']}.mp4"
+    assert stored_upload(tmp_path, task) == tmp_path / f"videos_input/{task['task_id']}.mp4"
     done = wait_for(api, task["task_id"])
     assert done["status"] == "completed"
-    assert (tmp_path / done["output_video"]).parent == tmp_path / "videos_output"
+    assert stored_output(tmp_path, done).parent == tmp_path / "videos_output"
 
 
 def test_polyglot_payload_does_not_survive(api, media, tmp_path):
@@ -157,5 +183,5 @@ def test_polyglot_payload_does_not_survive(api, media, tmp_path):
     response = post(api, [("file", "poly.mp4", media["clip"] + media["zip"])])
     assert response.status_code == 202
     done = wait_for(api, response.json()["task_id"])
-    output = (tmp_path / done["output_video"]).read_bytes()
+    output = stored_output(tmp_path, done).read_bytes()
     assert b"readme.txt" not in output and b"PK\x03\x04" not in output

@@ -133,7 +133,7 @@ def test_cancelling_while_the_report_is_made_cancels_the_task(api_factory, face_
     # The status is stored before the worker acts on it: wait for the worker to finish cleaning up.
     while api.get("/stats").json()["workers"]["busy"] and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert task["report"] is None and task["output_video"] is None
+    assert task["report"] is None and task["download_url"] is None
     assert not list((tmp_path / "videos_output").glob(f"{task_id}*"))
 
 
@@ -144,7 +144,7 @@ def test_progress_and_eta_cover_the_report(face_clip, tmp_path):
     job = jobs.Job(task_id="t", input_path=face_clip, output_path=tmp_path / "out.mp4",
                    params=jobs.ProtectionParams(), temp_dir=tmp_path / "scratch", threads=1, crf=17,
                    preset="ultrafast", audio_bitrate="128k", ffmpeg=None, stall_timeout_s=60,
-                   preview_path=tmp_path / "preview.png", data_dir=tmp_path)
+                   max_duration_s=None, preview_path=tmp_path / "preview.png", data_dir=tmp_path)
     report = jobs.run_job(job, pass_through, seen.append, jobs.CancelToken())
     assert "error" not in report, report
     during_report = [value for value in seen if value > jobs.PROTECT_SHARE]

@@ -37,7 +37,7 @@ from media_cleaner.protection import build_protectors
 work = Path(sys.argv[1])
 job = Job(task_id="t", input_path=work / "clip.mp4", output_path=work / "out.mp4", params=ProtectionParams(),
           temp_dir=work / "scratch", threads=2, crf=17, preset="ultrafast", audio_bitrate="128k", ffmpeg=None,
-          stall_timeout_s=60, preview_path=work / "preview.png", data_dir=work)
+          stall_timeout_s=60, max_duration_s=None, preview_path=work / "preview.png", data_dir=work)
 report = run_job(job, lambda params, threads: build_protectors(params, threads=threads), lambda f: None,
                  CancelToken())
 print(json.dumps(report))

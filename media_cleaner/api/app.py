@@ -4,7 +4,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
@@ -12,7 +13,8 @@ from .. import __version__
 from ..config import Settings
 from ..service import MediaCleanerService
 from . import downloads, reports, system, tasks, uploads
-from .errors import install_error_handlers
+from .deps import get_current_user
+from .errors import error_responses, install_error_handlers
 
 DESCRIPTION = """Media Cleaner returns a **protected** copy of a video: the faces in its frames carry a small
 adversarial perturbation against face detectors (the face cloak), and the voice in its soundtrack an
@@ -52,5 +54,18 @@ def create_app(settings: Settings | None = None, service: MediaCleanerService | 
                            allow_methods=["*"], allow_headers=["*"], expose_headers=["Location"])
     install_error_handlers(app)
     for module in (uploads, tasks, downloads, reports, system):
+        _document_key_errors(module.router)
         app.include_router(module.router)
     return app
+
+
+def _document_key_errors(router: APIRouter) -> None:
+    """Every operation that takes the caller's key lists its 401 (no or a wrong key) and 400 (a key in the URL)
+    in the OpenAPI schema, so generated clients and schema checkers know them."""
+    def needs_key(dependant) -> bool:
+        return dependant.call is get_current_user or any(needs_key(d) for d in dependant.dependencies)
+
+    for route in router.routes:
+        if isinstance(route, APIRoute) and needs_key(route.dependant):
+            for code, response in error_responses(400, 401).items():
+                route.responses.setdefault(code, response)

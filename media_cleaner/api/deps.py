@@ -34,10 +34,18 @@ async def get_service(request: Request) -> MediaCleanerService:
 ServiceDep = Annotated[MediaCleanerService, Depends(get_service)]
 
 
-async def get_current_user(service: ServiceDep,
+# Query parameters that look like a credential: refused, because URLs end up in access logs, proxies' logs and
+# browser histories (and the server's log never shows their value, see logs.NoSecretsInURLs).
+SECRET_QUERY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "key", "x-api-key", "token", "access_token"})
+
+
+async def get_current_user(request: Request, service: ServiceDep,
                            key: Annotated[str | None, Security(api_key_header)]) -> Principal | None:
     """Non-blocking: one SHA-256 of the key and a look-up in the key ring, which lives in memory (loaded from
     its file once, at start-up), with no lock."""
+    if any(name.lower() in SECRET_QUERY_PARAMETERS for name in request.query_params):
+        raise HTTPException(400, "Do not put the API key in the URL (URLs are logged); send it in the X-API-Key "
+                                 "header instead.")
     if not service.keys.configured:
         return None
     if not key:

@@ -8,6 +8,7 @@ the moment it passes the limit. Disk writes run in a worker thread so the event 
 from __future__ import annotations
 
 import os
+import shutil
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,11 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 MAX_FIELD_BYTES = 64 * 1024      # form fields are short strings; refuse anything bigger
-MULTIPART_OVERHEAD = 1024 * 1024  # headers and fields allowed on top of the file itself
+MAX_FIELDS = 32                   # the upload knows 7 fields; more parts than this are an attack, not a form
+MULTIPART_OVERHEAD = 1024 * 1024  # headers and fields allowed on top of the file itself, all fields together
 FLUSH_BYTES = 1024 * 1024         # hand the parser about this much at a time (one thread hop per MB)
+DISK_CHECK_BYTES = 16 * 1024 ** 2  # free space is checked again after every this many bytes of the file
+DISK_FULL_RETRY_S = 600
 
 
 class UploadTooLarge(Exception):
@@ -45,12 +49,19 @@ def clean_filename(raw: str) -> str:
     return name or "video"
 
 
+def disk_full_error() -> HTTPException:
+    return HTTPException(507, "The server is low on disk space and cannot take new videos right now. Try again "
+                              "later, or tell the operator.", headers={"Retry-After": str(DISK_FULL_RETRY_S)})
+
+
 async def receive_multipart(request: Request, part_path: Path, max_file_bytes: int,
-                            allowed_extensions: list[str]) -> ReceivedUpload:
+                            allowed_extensions: list[str], min_free_bytes: int = 0) -> ReceivedUpload:
     """Parse the request body; the ``file`` part is written to ``part_path``. Raises HTTPException.
 
     A file whose name has none of ``allowed_extensions`` is refused (415) as soon as its part header
-    arrives, before its bytes are streamed.
+    arrives, before its bytes are streamed. The whole body counts toward the limit: the file, and at most
+    MAX_FIELDS other parts of MULTIPART_OVERHEAD bytes together (413, 422). While the file streams, the disk
+    must keep ``min_free_bytes`` free (507): a chunked upload declares no length to check up front.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -63,11 +74,16 @@ async def receive_multipart(request: Request, part_path: Path, max_file_bytes: i
 
     result = ReceivedUpload()
     state: dict = {"headers": {}, "header_field": b"", "header_value": b"", "name": None,
-                   "file": None, "value": bytearray(), "is_file": False}
+                   "file": None, "value": bytearray(), "is_file": False, "parts": 0, "field_bytes": 0,
+                   "next_disk_check": 0}
     errors: list[HTTPException] = []
 
     def on_part_begin():
         state.update(headers={}, name=None, is_file=False, value=bytearray())
+        state["parts"] += 1
+        if state["parts"] > MAX_FIELDS + 1:
+            raise _Refuse(HTTPException(422, f"Too many parts in the form (at most {MAX_FIELDS} fields and the "
+                                             f"file); the upload accepts file and 7 known fields."))
 
     def on_header_field(data, start, end):
         state["header_field"] += data[start:end]
@@ -103,12 +119,19 @@ async def receive_multipart(request: Request, part_path: Path, max_file_bytes: i
             result.size += end - start
             if result.size > max_file_bytes:
                 raise UploadTooLarge()
+            if min_free_bytes and result.size >= state["next_disk_check"]:
+                state["next_disk_check"] = result.size + DISK_CHECK_BYTES
+                if shutil.disk_usage(part_path.parent).free < min_free_bytes:
+                    raise _Refuse(disk_full_error())
             state["file"].write(data[start:end])
         else:
             state["value"] += data[start:end]
+            state["field_bytes"] += end - start
             if len(state["value"]) > MAX_FIELD_BYTES:
                 raise _Refuse(HTTPException(422, f"Form field {state['name']!r} is too long "
                                                  f"(at most {MAX_FIELD_BYTES // 1024} KB)."))
+            if state["field_bytes"] > MULTIPART_OVERHEAD:   # the fields count toward the body's limit
+                raise UploadTooLarge()
 
     def on_part_end():
         if state["is_file"]:

@@ -18,7 +18,7 @@ from ..service import MediaCleanerService
 from ..webhooks import WebhookRefused, check_webhook_url
 from .deps import CurrentUser, ServiceDep
 from .errors import error_responses
-from .receive import discard, receive_multipart
+from .receive import discard, disk_full_error, receive_multipart
 
 router = APIRouter(tags=["upload"])
 
@@ -78,8 +78,7 @@ def _check_capacity(service: MediaCleanerService, user: Principal | None, declar
                                 headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
     free = shutil.disk_usage(settings.input_dir).free
     if free - declared_bytes < settings.min_free_disk_gb * 1024 ** 3:
-        raise HTTPException(507, "The server is low on disk space and cannot take new videos right now. "
-                                 "Try again later, or tell the operator.")
+        raise disk_full_error()
 
 
 def _check_media(settings, info) -> None:
@@ -124,7 +123,8 @@ async def _upload(request: Request, service: MediaCleanerService, user: Principa
     task_id = uuid.uuid4().hex
     part_path = settings.input_dir / f".{task_id}.part"
     received = await receive_multipart(request, part_path, settings.max_upload_bytes,
-                                       settings.supported_video_formats)
+                                       settings.supported_video_formats,
+                                       min_free_bytes=int(settings.min_free_disk_gb * 1024 ** 3))
     try:
         if received.path is None:
             raise HTTPException(422, "No file in the upload: send the video in the multipart field 'file' "
@@ -134,8 +134,9 @@ async def _upload(request: Request, service: MediaCleanerService, user: Principa
             raise HTTPException(400, "The uploaded file is empty (0 bytes).")
         unknown = sorted(set(received.fields) - KNOWN_FIELDS)
         if unknown:
-            raise HTTPException(422, f"Unknown field(s) {', '.join(map(repr, unknown))}; the upload accepts "
-                                     f"file, {', '.join(sorted(KNOWN_FIELDS))}.")
+            named = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise HTTPException(422, f"Unknown field(s) {named}; the upload accepts file, "
+                                     f"{', '.join(sorted(KNOWN_FIELDS))}.")
         try:
             params = ProtectionParams.parse(
                 received.fields.get("epsilon"), received.fields.get("video_strength"),

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..config import Settings
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg
+from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
 from ..params import ProtectionParams
 from ..pipeline import protect_video
 from ..protection import build_protectors
@@ -27,7 +27,7 @@ from .media import probe
 def plain_reencode_command(source: Path, target: Path, settings: Settings, threads: int, ffmpeg: str) -> list[str]:
     """The same encode the pipeline does (libx264 CRF/preset, yuv420p, AAC bitrate), with no protection."""
     return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-threads", str(threads),
-            "-i", str(source), "-map", "0:V:0", "-map", "0:a:0?", "-c:v", "libx264", "-crf", str(settings.video_crf),
+            *user_media_input_args(), "-i", str(source), "-map", "0:V:0", "-map", "0:a:0?", "-c:v", "libx264", "-crf", str(settings.video_crf),
             "-preset", settings.video_preset, "-pix_fmt", "yuv420p", "-threads", str(threads),
             "-c:a", "aac", "-b:a", settings.audio_bitrate, "-map_metadata", "-1", "-movflags", "+faststart",
             str(target)]

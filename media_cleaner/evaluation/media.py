@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ffmpeg_bin import error_reason, find_ffmpeg
+from ..ffmpeg_bin import error_reason, find_ffmpeg, user_media_input_args
 from ..probe import MediaInfo, probe_media
 from . import EvaluationError
 
@@ -65,7 +65,7 @@ def read_frames_at(path: str | Path, times: list[float], info: MediaInfo, ffmpeg
     frames = []
     for seconds in times:
         args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-ss", f"{seconds:.4f}",
-                "-i", str(path), "-map", "0:V:0", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+                *user_media_input_args(), "-i", str(path), "-map", "0:V:0", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         data = _capture(args, f"a frame of {Path(path).name}", cancel)
         size = info.width * info.height * 3
         if len(data) < size:
@@ -83,7 +83,7 @@ def read_frames(path: str | Path, indices: list[int], info: MediaInfo, ffmpeg: s
     # One decode for all frames: the select expression keeps just the wanted ones.
     select = "+".join(f"eq(n\\,{i})" for i in wanted)
     args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-threads", str(threads),
-            "-i", str(path), "-map", "0:V:0", "-vf", f"select={select}", "-fps_mode", "passthrough",
+            *user_media_input_args(), "-i", str(path), "-map", "0:V:0", "-vf", f"select={select}", "-fps_mode", "passthrough",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if result.returncode != 0:
@@ -102,8 +102,8 @@ def read_frames(path: str | Path, indices: list[int], info: MediaInfo, ffmpeg: s
 def read_audio(path: str | Path, rate: int = 16000, ffmpeg: str | None = None,
                max_seconds: float | None = None, cancel=None) -> np.ndarray | None:
     """The first audio stream as mono float32 at ``rate`` Hz; None when the file has no sound."""
-    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-            "-map", "0:a:0?", "-vn", "-ac", "1", "-ar", str(rate)]
+    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error",
+            *user_media_input_args(), "-i", str(path), "-map", "0:a:0?", "-vn", "-ac", "1", "-ar", str(rate)]
     if max_seconds:
         args += ["-t", str(max_seconds)]
     args += ["-f", "f32le", "-acodec", "pcm_f32le", "-"]

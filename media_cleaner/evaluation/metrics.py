@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg
+from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
 from ..probe import MediaInfo
 from . import EvaluationError
 from .judges import Box
@@ -57,7 +57,8 @@ def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, 
         graph += f";[d2][r2]libvmaf=n_threads={threads}[v]"
         maps += ["-map", "[v]"]
     args = [executable, "-hide_banner", "-nostdin", "-nostats", "-threads", str(threads),
-            "-i", str(reference), "-i", str(distorted), "-filter_complex", graph, *maps, "-f", "null", "-"]
+            *user_media_input_args(), "-i", str(reference), *user_media_input_args(), "-i", str(distorted),
+            "-filter_complex", graph, *maps, "-f", "null", "-"]
     try:
         log = run_ffmpeg(args, registry=cancel)
     except FFmpegError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg
+from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
 from . import EvaluationError
 
 MAX_LINES = 720
@@ -24,7 +24,7 @@ def reencode_command(source: str | Path, target: str | Path, ffmpeg: str | None 
                      threads: int = 2) -> list[str]:
     """The ffmpeg argv; ``ffmpeg`` is the executable (looked up with :func:`find_ffmpeg` when None)."""
     return [ffmpeg or find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-threads", str(threads), "-i", str(source), "-map", "0:V:0", "-map", "0:a:0?",
+            "-threads", str(threads), *user_media_input_args(), "-i", str(source), "-map", "0:V:0", "-map", "0:a:0?",
             "-vf", SCALE, "-c:v", "libx264", "-crf", str(CRF), "-preset", "medium", "-pix_fmt", "yuv420p",
             "-threads", str(threads), "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-map_metadata", "-1",
             "-movflags", "+faststart", str(target)]
