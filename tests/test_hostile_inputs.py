@@ -82,8 +82,8 @@ REFUSED = [
      "not in a video format we accept"),
     ("ffconcat playlist naming a server file", lambda m: [file_part(m, "ffconcat absolute")], 415,
      "not in a video format we accept"),
-    # (ffmpeg's HLS demuxer wants an .m3u8 name and does not claim it; refused either way)
-    ("HLS playlist", lambda m: [file_part(m, "hls")], 415, "could not be read as a video"),
+    # (newer ffmpeg's HLS demuxer wants an .m3u8 name and does not claim it, 5.1's does: refused either way)
+    ("HLS playlist", lambda m: [file_part(m, "hls")], 415, "not in a video format we"),
     ("SDP session (network stream)", lambda m: [file_part(m, "sdp")], 415, "not in a video format we accept"),
     ("8x8 video", lambda m: [file_part(m, "tiny")], 422, "at least 16 pixels"),
     ("audio-only file", lambda m: [file_part(m, "audio")], 415, "only sound"),
