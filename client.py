@@ -129,7 +129,8 @@ RETRY_AFTER_CAP = 120.0                  # never sleep longer than this on one R
 DOWNLOAD_RETRIES = 3                     # resumptions (HTTP Range) of a download that broke mid-body
 DOWNLOAD_RETRY_DELAY = 1.0
 
-UPLOAD_FIELDS = ("epsilon", "video_strength", "every_n_frames", "audio_level", "user_id", "notes", "webhook_url")
+UPLOAD_FIELDS = ("epsilon", "video_strength", "every_n_frames", "audio_level", "user_id", "notes", "webhook_url",
+                 "protection")
 
 ProgressCallback = Callable[[int, Optional[int]], None]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -538,7 +539,7 @@ class MediaCleanerClient:
     def upload(self, path: PathLike, *, epsilon: Optional[float] = None, video_strength: Optional[float] = None,
                every_n_frames: Optional[int] = None, audio_level: Optional[str] = None,
                user_id: Optional[str] = None, notes: Optional[str] = None, webhook_url: Optional[str] = None,
-               progress: Optional[ProgressCallback] = None) -> dict:
+               progress: Optional[ProgressCallback] = None, protection: Optional[str] = None) -> dict:
         """Upload a video and queue it for protection; return the new task's JSON.
 
         The file is streamed from disk in :data:`UPLOAD_CHUNK_SIZE` pieces (never read whole), with an
@@ -546,7 +547,8 @@ class MediaCleanerClient:
         go out (``total_bytes`` is the file size). Parameters left ``None`` take the server's
         defaults (epsilon 0.12, video_strength 1.0, every_n_frames 10, audio_level "weak"; the
         audio level may also be given in Russian: слабый/средний/сильный). A 429/503 answer is
-        retried after its ``Retry-After``; the file is then sent again from the start.
+        retried after its ``Retry-After``; the file is then sent again from the start. ``protection`` is a
+        preset ("invisible", "balanced", "strong") that sets epsilon and video_strength on the server.
 
         Raises FileNotFoundError for a missing local file, ValidationError (422) for out-of-range
         parameters, UnsupportedMedia (415), FileTooLarge (413), and the other typed errors.
@@ -554,7 +556,7 @@ class MediaCleanerClient:
         file_path = Path(os.fspath(path)).expanduser()
         if not file_path.is_file():
             raise FileNotFoundError(f"no such file: {file_path}")
-        values = (epsilon, video_strength, every_n_frames, audio_level, user_id, notes, webhook_url)
+        values = (epsilon, video_strength, every_n_frames, audio_level, user_id, notes, webhook_url, protection)
         fields = {k: v for k, v in zip(UPLOAD_FIELDS, values, strict=True) if v is not None}
         fields = {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in fields.items()}
         return self._json("POST", "/upload", what=" while uploading (the server may have rejected the file)",
@@ -904,6 +906,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     params = argparse.ArgumentParser(add_help=False)
     g = params.add_argument_group("protection parameters (server defaults when omitted)")
+    g.add_argument("--protection", help="preset: invisible (default), balanced or strong; sets --epsilon and "
+                                        "--video-strength, which win when given")
     g.add_argument("--epsilon", type=float, help="perturbation budget, 0.04–0.20 (default 0.12)")
     g.add_argument("--video-strength", type=float, help="strength multiplier, 1.0–2.0 (default 1.0)")
     g.add_argument("--every-n-frames", type=int, help="optimise every N-th frame, 1–30 (default 10)")
@@ -973,6 +977,10 @@ def verdict(report: dict) -> str:
                      f"(original {mtcnn['original_rate']:.0%})")
     elif mtcnn.get("original_rate") == 0:
         parts.append("no face in the sampled frames")
+    identity = report.get("identity") or {}
+    if identity.get("match_rate") is not None:
+        parts.append(f"face recognised as the person in {identity['match_rate']:.0%} of sampled frames "
+                     f"(FaceNet distance {identity['mean_distance']:.2f}, match below {identity['threshold']:.1f})")
     speaker = report.get("speaker") or {}
     if speaker.get("similarity") is not None:
         parts.append(f"voice {'still matches' if speaker.get('match') else 'no longer matches'} the speaker "

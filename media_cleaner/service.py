@@ -18,6 +18,7 @@ from .models import Task, TaskStatus
 from .retention import Janitor, drop_input
 from .store import TaskStore
 from .webhooks import WebhookSender
+from .weights import face_recognizer_weights
 from .workers import WorkerPool, output_name
 
 log = logging.getLogger("media_cleaner")
@@ -61,6 +62,9 @@ class MediaCleanerService:
         self.janitor.start()
         self.pool.start()   # and the models' warm-up, where the jobs will run
         self.started = True
+        if not face_recognizer_weights().is_file():
+            log.warning("the face recognizer's weights are missing (%s): face-cloak tasks will fail until "
+                        "`python -m media_cleaner fetch-models` is run", face_recognizer_weights())
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s (version %s, from %s%s)", settings.data_dir,
                  self.ffmpeg.path, self.ffmpeg.version, self.ffmpeg.source,
                  "" if self.ffmpeg.libvmaf else "; no libvmaf: the evaluation's VMAF is left out")

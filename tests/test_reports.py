@@ -58,6 +58,8 @@ def test_a_completed_task_has_a_report_and_a_preview_sheet(api_factory, face_cli
     assert report["psnr"] > 35 and report["ssim"] > 0.95
     mtcnn = report["detection"]["mtcnn"]
     assert mtcnn["white_box"] and mtcnn["original_rate"] == 1.0 and mtcnn["protection"] == 0.0
+    identity = report["identity"]   # FaceNet (white box): the pass-through face is still her
+    assert identity["match_rate"] == 1.0 and identity["mean_distance"] < 0.3 and identity["frames"] >= 4
     assert report["protect_seconds"] > 0 and report["frames_sampled"] >= 4
     assert "speaker" in report and "preview" not in report   # no server paths
     assert report["preview_url"] == f"/report/{task_id}/preview.png"

@@ -83,7 +83,7 @@ async def receive_multipart(request: Request, part_path: Path, max_file_bytes: i
         state["parts"] += 1
         if state["parts"] > MAX_FIELDS + 1:
             raise _Refuse(HTTPException(422, f"Too many parts in the form (at most {MAX_FIELDS} fields and the "
-                                             f"file); the upload accepts file and 7 known fields."))
+                                             f"file); the upload accepts the file and 8 known fields."))
 
     def on_header_field(data, start, end):
         state["header_field"] += data[start:end]

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import RedirectResponse
 
 from .. import __version__
-from ..params import EPSILON_RANGE, EVERY_N_FRAMES_RANGE, VIDEO_STRENGTH_RANGE, AUDIO_LEVELS
+from ..params import AUDIO_LEVELS, EPSILON_RANGE, EVERY_N_FRAMES_RANGE, PRESETS, VIDEO_STRENGTH_RANGE
 from .deps import CurrentUser, ServiceDep
 
 router = APIRouter(tags=["service"])
@@ -41,6 +41,8 @@ async def stats(service: ServiceDep, user: CurrentUser) -> dict:
         "auth": "api-key" if service.keys.configured else "open",
         "ffmpeg": service.ffmpeg.public() if service.ffmpeg else None,
         "defaults": settings.default_params.as_dict(),
+        "presets": {name: {"epsilon": epsilon, "video_strength": strength}
+                    for name, (epsilon, strength) in PRESETS.items()},
         "ranges": {"epsilon": EPSILON_RANGE, "video_strength": VIDEO_STRENGTH_RANGE,
                    "every_n_frames": EVERY_N_FRAMES_RANGE, "audio_level": AUDIO_LEVELS},
     }

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from ..models import Task, TaskView
-from ..params import (AUDIO_LEVEL_ALIASES, AUDIO_LEVELS, EPSILON_RANGE, EVERY_N_FRAMES_RANGE,
+from ..params import (AUDIO_LEVEL_ALIASES, AUDIO_LEVELS, EPSILON_RANGE, EVERY_N_FRAMES_RANGE, PRESETS,
                       VIDEO_STRENGTH_RANGE, ParameterError, ProtectionParams)
 from ..probe import MediaError, probe_media
 from ..auth import Principal
@@ -24,7 +24,8 @@ router = APIRouter(tags=["upload"])
 
 QUEUE_FULL_RETRY_S = 60
 TEXT_FIELD_LIMITS = {"user_id": 200, "notes": 5000, "webhook_url": 2048}
-KNOWN_FIELDS = {"epsilon", "video_strength", "every_n_frames", "audio_level", *TEXT_FIELD_LIMITS}
+KNOWN_FIELDS = {"protection", "epsilon", "video_strength", "every_n_frames", "audio_level",
+                *TEXT_FIELD_LIMITS}
 
 UPLOAD_FORM_SCHEMA = {
     "type": "object",
@@ -32,6 +33,11 @@ UPLOAD_FORM_SCHEMA = {
     "properties": {
         "file": {"type": "string", "format": "binary",
                  "description": "The video: mp4, mov, avi, mkv, webm, flv or m4v"},
+        "protection": {"type": "string", "enum": list(PRESETS), "default": "invisible",
+                       "description": "A preset: invisible (identity protection, hard to see), balanced "
+                                      "(stronger identity protection, a visible texture on the face), strong "
+                                      "(hides the face from most detectors; plainly visible). Sets epsilon "
+                                      "and video_strength; either given explicitly wins"},
         "epsilon": {"type": "number", "minimum": EPSILON_RANGE[0], "maximum": EPSILON_RANGE[1], "default": 0.12,
                     "description": "L∞ cap of the frame perturbation in the [-1, 1] range (0.12 → ±15 of 255 levels)"},
         "video_strength": {"type": "number", "minimum": VIDEO_STRENGTH_RANGE[0],
@@ -141,7 +147,7 @@ async def _upload(request: Request, service: MediaCleanerService, user: Principa
             params = ProtectionParams.parse(
                 received.fields.get("epsilon"), received.fields.get("video_strength"),
                 received.fields.get("every_n_frames"), received.fields.get("audio_level"),
-                defaults=settings.default_params)
+                defaults=settings.default_params, protection=received.fields.get("protection"))
             text = _text_fields(received.fields)
             text["user_id"] = _owner(user, text["user_id"])
             if text["webhook_url"]:

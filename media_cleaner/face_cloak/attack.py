@@ -13,10 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import CloakLoss, perceptual_penalty, structural_dissimilarity
+from .losses import CloakLoss, face_chips, identity_loss, perceptual_penalty, structural_dissimilarity
 from .masks import perceptual_budget, ycbcr_to_rgb
 from .surrogate import MTCNNSurrogate
 from .transforms import RandomPipeline
+
+
+# How far the identity term's chip box moves and grows at random, as a share of the face's side.
+ALIGNMENT_JITTER = 0.05
 
 
 class Attack:
@@ -40,12 +44,22 @@ class Attack:
 
 
 @dataclass
+class IdentityTarget:
+    """Where each crop's identity should go: (B, 128) unit embeddings of the person's clean template and of
+    their decoy (the same decoy for a person in every frame)."""
+
+    templates: torch.Tensor
+    decoys: torch.Tensor
+
+
+@dataclass
 class AttackResult:
     """What :meth:`CloakPGD.__call__` returns for B crops.
 
     delta_rgb: (B, 3, H, W) RGB perturbation in [-1, 1] units, |δ| ≤ epsilon × mask everywhere;
     delta_ycbcr: (B, 3, H, W) the optimiser's variable, to warm-start the next keyframe;
-    detection_loss: (B,) the surrogate's detection loss at the end (lower: better hidden);
+    detection_loss: (B,) the objective at the end without the visibility terms (the weighted detection and
+        identity losses; lower: better protected);
     steps: the steps actually taken (fewer on early success or cancellation).
     """
 
@@ -93,6 +107,8 @@ class CloakPGD(Attack):
             face (pre-codec, luma, 7 × 7 window); None: no floor. Default: None.
         structural (float): weight of the face dissimilarity (divided by ``max_dissimilarity``) in the loss,
             so unused change is pulled back before the floor has to push. Default: 0.3.
+        recognizer (nn.Module | None): the face-recognition surrogate (:mod:`.recognizer`), for the identity
+            term of ``loss``; None: detection only. Default: None.
         smooth (int): cell size of the variable in crop pixels: the perturbation is optimised on a grid this
             much coarser and upsampled (bicubic) before it is applied, so that it is made of low spatial
             frequencies — the ones that survive codecs and downscales and transfer between detectors (Guo
@@ -112,8 +128,10 @@ class CloakPGD(Attack):
     def __init__(self, model: MTCNNSurrogate, epsilon: float = 0.12, steps: int = 20, step_size: float = 0.6,
                  eot_samples: int = 2, loss: CloakLoss | None = None, transform: nn.Module | None = None,
                  chroma_ratio: float = 0.3, texture_floor: float = 0.35, max_dissimilarity: float | None = None,
-                 structural: float = 0.3, smooth: int = 1, should_stop: Callable[[], bool] | None = None):
+                 structural: float = 0.3, smooth: int = 1, recognizer: nn.Module | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         super().__init__(model, should_stop)
+        self.recognizer = recognizer
         self.max_dissimilarity, self.structural, self.smooth = max_dissimilarity, structural, max(1, int(smooth))
         self.epsilon, self.steps, self.step_size, self.eot_samples = epsilon, steps, step_size, eot_samples
         self.loss = loss or CloakLoss()
@@ -156,9 +174,36 @@ class CloakPGD(Attack):
             delta = delta * shrink.view(-1, 1, 1, 1)
         return delta
 
+    def _objective(self, journeys, clean_landmarks: torch.Tensor, identity: IdentityTarget | None,
+                   batch: int) -> torch.Tensor:
+        """The protection terms, averaged over the journeys; (B,)."""
+        images = torch.cat([image for image, _ in journeys])
+        boxes = torch.cat([box for _, box in journeys])
+        samples = len(journeys)
+        total = torch.zeros(batch, device=self.device)
+        if self.loss.detect > 0:
+            outputs = self.model.stage_outputs(images, boxes)
+            per_sample = self.loss.detection(outputs, clean_landmarks.repeat(samples, 1, 1))
+            total = total + self.loss.detect * per_sample.view(samples, batch).mean(dim=0)
+        if identity is not None and self.loss.identity > 0:
+            # Alignment jitter: a scraper's detector puts the box a little elsewhere than ours.
+            side = (boxes[:, 2:] - boxes[:, :2]).max(dim=1, keepdim=True).values
+            shift = (torch.rand_like(boxes[:, :2]) * 2 - 1) * ALIGNMENT_JITTER * side
+            grow = (torch.rand_like(side) * 2 - 1) * ALIGNMENT_JITTER * side
+            jittered = torch.cat([boxes[:, :2] + shift - grow, boxes[:, 2:] + shift + grow], dim=1)
+            embeddings = self.recognizer(face_chips(images, jittered))
+            per_sample = identity_loss(embeddings, identity.templates.repeat(samples, 1),
+                                       identity.decoys.repeat(samples, 1))
+            total = total + self.loss.identity * per_sample.view(samples, batch).mean(dim=0)
+        return total
+
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
-                 init: torch.Tensor | None = None) -> AttackResult:
+                 init: torch.Tensor | None = None, identity: IdentityTarget | None = None) -> AttackResult:
         images, boxes, mask = images.to(self.device), boxes.to(self.device), mask.to(self.device)
+        if identity is not None:
+            if self.recognizer is None:
+                raise ValueError("an identity target needs the attack's recognizer")
+            identity = IdentityTarget(identity.templates.to(self.device), identity.decoys.to(self.device))
         budget = perceptual_budget(images, mask, self.epsilon, self.chroma_ratio, self.texture_floor)
         cap = self.epsilon * mask
         with torch.no_grad():
@@ -179,10 +224,7 @@ class CloakPGD(Attack):
             full = self._full(delta, budget)
             adversarial = self._adversarial(images, full, cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
-            outputs = self.model.stage_outputs(torch.cat([image for image, _ in journeys]),
-                                               torch.cat([box for _, box in journeys]))
-            per_sample = self.loss.detection(outputs, clean_landmarks.repeat(self.eot_samples, 1, 1))
-            detection = per_sample.view(self.eot_samples, batch).mean(dim=0)
+            detection = self._objective(journeys, clean_landmarks, identity, batch)
             total = detection + self.loss.perceptual * perceptual_penalty(full, budget)
             if self.max_dissimilarity is not None and self.structural > 0:
                 total = total + self.structural * structural_dissimilarity(images, adversarial, mask) \

@@ -24,14 +24,19 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..params import DEFAULT_EPSILON, EPSILON_RANGE, VIDEO_STRENGTH_RANGE, ProtectionParams
 from ..protection import VideoStreamInfo
-from .attack import CloakPGD
-from .losses import CloakLoss
+from .attack import CloakPGD, IdentityTarget
+from .losses import CloakLoss, face_chips
 from .masks import face_mask
+from .recognizer import load_recognizer
 from .surrogate import load_surrogate
 from .tracker import FaceTrack, SceneCutDetector, iou
+
+# Decoys are drawn from this seed and the person's number in the clip: the same clip gets the same decoys.
+DECOY_SEED = 20261201
 
 # The largest budget a user can ask for (epsilon × video_strength at their maxima): the visibility floor's
 # second anchor (CloakConfig.strongest_face_dissimilarity).
@@ -54,18 +59,28 @@ class CloakConfig:
     face_dissimilarity / strongest_face_dissimilarity: the visibility floor (largest 1 − luma SSIM inside the
         face, :class:`~.attack.CloakPGD` ``max_dissimilarity``) at the default budget ``epsilon ×
         video_strength`` = DEFAULT_EPSILON and at the strongest one the user can pick (0.20 × 2 = 0.40). In
-        between and below it follows the power law through those two points (budget^2.2 with the defaults;
+        between and below it follows the power law through those two points (budget^1.8 with the defaults;
         1 − SSIM of a small change grows with its square), so every setting has its own floor and a stronger
-        one is always a looser one (budget 0.04 → 0.0013, 0.08 → 0.0061, 0.12 → 0.015, 0.20 → 0.047,
-        0.24 → 0.070, 0.40 → 0.22). The two ends were measured (EVALUATION.md "Face cloak"): 0.015 brings the
-        default to VMAF 90.7 on the dev clips with the same protection as 0.02, and 0.22 keeps 0.20 × 2
-        where the first law had it (black-box protection about 70 %); 0.015 with a plain square law would
-        have cost the strong settings up to 11 points of protection. Capped at ``max_face_dissimilarity``.
+        one is always a looser one (budget 0.04 → 0.0049, 0.08 → 0.015, 0.12 → 0.03, 0.20 → 0.070,
+        0.24 → 0.095, 0.40 → 0.22). The anchors were measured (EVALUATION.md "Identity cloak"): 0.03 keeps the
+        identity cloak's default at VMAF 92.9 and face SSIM 0.95 on a dev clip (the detection cloak's 0.015
+        gave VMAF 90.7 with nothing gained), and 0.22 keeps 0.20 × 2 where it hid most faces (about 70 %
+        black-box protection). Capped at ``max_face_dissimilarity``.
     structural: weight of the face dissimilarity in the loss (see :class:`~.attack.CloakPGD`).
     smooth: cell size of the optimisation variable in crop pixels (:class:`~.attack.CloakPGD`); 1 is per
         pixel. Low-frequency variables (4, 8) did not beat per-pixel ones at equal visibility on the dev
         keyframes (EVALUATION.md), so they stay an option.
     scene_cut_threshold: see :class:`.tracker.SceneCutDetector`.
+    detect / identity: weights of the detection terms (hide the face from MTCNN) and of the identity term
+        (the FaceNet surrogate embeds the face as the person's decoy, :func:`.losses.identity_loss`); 0 turns
+        a term off (identity 0: the recognizer is not loaded). The identity weight is large because the
+        visibility terms are in other units: at 1 the perceptual and structural penalties held the white-box
+        distance at 0.57 on a dev keyframe, at 20 it reaches 1.16 under the same floor (EVALUATION.md).
+    detect_from_budget: the effective budget (epsilon × strength) from which the cloak hides faces from
+        detectors instead of changing their identity. Below it the detection terms spent the budget without
+        hiding faces (3 % black-box protection at 0.12), so those settings put it all into identity; at
+        0.20 × 2 detection alone hid 69–72 % of faces and left 7 % identity matches, where the identity term
+        (weight 20) beside it cut detector protection to about 20 % on the dev clips (EVALUATION.md).
     """
 
     crop_face_px: int = 112
@@ -79,13 +94,16 @@ class CloakConfig:
     chroma_ratio: float = 0.12
     texture_floor: float = 0.2
     perceptual: float = 1.0
-    face_dissimilarity: float = 0.015
+    face_dissimilarity: float = 0.03
     strongest_face_dissimilarity: float = 0.22
     max_face_dissimilarity: float = 0.5
     structural: float = 0.3
     smooth: int = 1
     margin: float = 3.0
     scene_cut_threshold: float = 30.0
+    detect: float = 1.0
+    detect_from_budget: float = 0.3
+    identity: float = 20.0
 
     def __post_init__(self):
         # The floor law must rise with the budget: a stronger setting may never be held to a tighter floor.
@@ -180,6 +198,10 @@ class FaceCloak:
         if hook is not None:
             self._should_stop = hook
         self.surrogate = load_surrogate(self.device)
+        hide = self.epsilon >= self.config.detect_from_budget
+        detect, identity = (self.config.detect, 0.0) if hide else (0.0, self.config.identity)
+        self.recognizer = load_recognizer(self.device) if identity > 0 else None
+        self._persons = 0
         floor = self.allowed_dissimilarity(self.epsilon, self.config)
         strength = self.params.video_strength
         config = self.config
@@ -187,7 +209,9 @@ class FaceCloak:
             warm: CloakPGD(self.surrogate, epsilon=self.epsilon,
                            steps=max(1, round((config.warm_steps if warm else config.cold_steps) * strength)),
                            step_size=config.step_size, eot_samples=config.eot_samples,
-                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin),
+                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin,
+                                          detect=detect, identity=identity),
+                           recognizer=self.recognizer,
                            chroma_ratio=config.chroma_ratio, texture_floor=config.texture_floor,
                            max_dissimilarity=floor, structural=config.structural, smooth=config.smooth,
                            should_stop=self._stopping)
@@ -223,7 +247,11 @@ class FaceCloak:
         for face in faces:
             match = max(previous, key=lambda track: iou(track.box, face.box), default=None)
             warm = match is not None and iou(match.box, face.box) >= 0.3
-            tracks.append(FaceTrack(face.box, delta_ycbcr=match.delta_ycbcr if warm else None))
+            if warm:   # the same person: their perturbation warm-starts, their identity and decoy carry on
+                tracks.append(FaceTrack(face.box, delta_ycbcr=match.delta_ycbcr, identity=match.identity,
+                                        identity_count=match.identity_count, decoy=match.decoy))
+            else:
+                tracks.append(FaceTrack(face.box))
         self.tracks = tracks
         if not tracks:
             return
@@ -252,17 +280,41 @@ class FaceCloak:
         init = torch.stack([track.delta_ycbcr if track.delta_ycbcr is not None
                             else torch.zeros(3, *attack.variable_size(side, side))
                             for track in tracks]) if any(t.delta_ycbcr is not None for t in tracks) else None
-        result = attack(images.to(self.device), boxes_t.to(self.device), mask.to(self.device), init)
+        identity = self._identity_target(images, boxes_t, tracks) if self.recognizer is not None else None
+        result = attack(images.to(self.device), boxes_t.to(self.device), mask.to(self.device), init, identity)
         deltas = (result.delta_rgb * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
         for track, delta, variable in zip(tracks, deltas, result.delta_ycbcr.cpu()):
             track.delta_rgb = delta
             track.delta_ycbcr = variable
 
 
+    @torch.no_grad()
+    def _identity_target(self, images: torch.Tensor, boxes: torch.Tensor, tracks: list[FaceTrack]) -> IdentityTarget:
+        """Each track's clean identity (the mean of its keyframes' clean embeddings) and decoy. A new person
+        gets a decoy of their own: a direction orthogonal to their clean identity (as far from it as two
+        different people typically are, distance √2), drawn from DECOY_SEED and the person's number."""
+        clean = self.recognizer(face_chips(images.to(self.device), boxes.to(self.device))).cpu()
+        for track, embedding in zip(tracks, clean):
+            if track.identity is None:
+                track.identity, track.identity_count = embedding, 1
+            else:
+                total = track.identity * track.identity_count + embedding
+                track.identity, track.identity_count = F.normalize(total, dim=0), track.identity_count + 1
+            if track.decoy is None:
+                self._persons += 1
+                generator = torch.Generator().manual_seed(DECOY_SEED + self._persons)
+                direction = torch.randn(embedding.shape[0], generator=generator)
+                direction -= (direction @ track.identity) * track.identity
+                track.decoy = F.normalize(direction, dim=0)
+        return IdentityTarget(torch.stack([t.identity for t in tracks]), torch.stack([t.decoy for t in tracks]))
+
+
 def warm_up(device: str = "cpu") -> None:
     """Load MTCNN and run one tiny forward/backward pass through all three stages (the first pass pays for
     lazy initialisation), so the first task starts at full speed. Called by ``warm_up_engines``."""
     surrogate = load_surrogate(device)
+    if CloakConfig().identity > 0:
+        load_recognizer(device)
     images = torch.zeros(1, 3, 64, 64, device=device, requires_grad=True)
     boxes = torch.tensor([[16.0, 16.0, 48.0, 48.0]], device=device)
     outputs = surrogate.stage_outputs(images, boxes)

@@ -109,10 +109,34 @@ def structural_dissimilarity(images: torch.Tensor, adversarial: torch.Tensor, ma
     return per_plane[:, 0] + chroma * per_plane[:, 1:].sum(dim=1)
 
 
+# The recognizer's chip: the face box widened by this share of its side on each side (the margin MTCNN's
+# cropper adds for FaceNet: 20 px around a 140 px face in a 160 px chip).
+CHIP_MARGIN = 0.07
+
+
+def face_chips(images: torch.Tensor, boxes: torch.Tensor, size: int = 160) -> torch.Tensor:
+    """Differentiable recognizer chips: (B, 3, size, size) in [0, 255] from (B, 3, H, W) crops in [-1, 1]
+    and their (B, 4) face boxes (bilinear resampling of the widened box)."""
+    from torchvision.ops import roi_align
+    widen = (boxes[:, 2:] - boxes[:, :2]).max(dim=1, keepdim=True).values * CHIP_MARGIN
+    regions = torch.cat([boxes[:, :2] - widen, boxes[:, 2:] + widen], dim=1)
+    indexed = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], regions], 1)
+    return roi_align((images + 1) * 127.5, indexed, output_size=size, sampling_ratio=2, aligned=True)
+
+
+def identity_loss(embeddings: torch.Tensor, templates: torch.Tensor, decoys: torch.Tensor) -> torch.Tensor:
+    """Away from the person's own clean identity, toward their decoy: cos(e, template) − cos(e, decoy), (B,).
+    A decoy that is the same in every frame survives averaging over frames and best-frame selection, where
+    pushes in random directions would cancel (TIP-IM, Fawkes)."""
+    return (embeddings * templates).sum(dim=1) - (embeddings * decoys).sum(dim=1)
+
+
 class CloakLoss:
     """The weighted sum the attack minimises, per crop.
 
     Arguments:
+        detect (float): weight of the detection terms together. Default: 1.0.
+        identity (float): weight of :func:`identity_loss` (needs a recognizer in the attack). Default: 0.0.
         pnet (float): weight of :func:`pnet_loss`. Default: 1.0.
         acceptance (float): weight of :func:`acceptance_loss`. Default: 1.0.
         landmarks (float): weight of :func:`landmark_loss`. Default: 0.5.
@@ -121,9 +145,9 @@ class CloakLoss:
     """
 
     def __init__(self, pnet: float = 1.0, acceptance: float = 1.0, landmarks: float = 0.5,
-                 perceptual: float = 0.3, margin: float = 3.0):
+                 perceptual: float = 0.3, margin: float = 3.0, detect: float = 1.0, identity: float = 0.0):
         self.pnet, self.acceptance, self.landmarks, self.perceptual = pnet, acceptance, landmarks, perceptual
-        self.margin = margin
+        self.margin, self.detect, self.identity = margin, detect, identity
 
     def detection(self, outputs: StageOutputs, clean_landmarks: torch.Tensor) -> torch.Tensor:
         """The terms that make the face undetectable (without the perceptual penalty); (B,)."""
@@ -132,5 +156,6 @@ class CloakLoss:
                 + self.landmarks * landmark_loss(outputs, clean_landmarks))
 
     def __repr__(self) -> str:
-        return (f"CloakLoss(pnet={self.pnet}, acceptance={self.acceptance}, landmarks={self.landmarks}, "
-                f"perceptual={self.perceptual}, margin={self.margin})")
+        return (f"CloakLoss(detect={self.detect}, identity={self.identity}, pnet={self.pnet}, "
+                f"acceptance={self.acceptance}, landmarks={self.landmarks}, perceptual={self.perceptual}, "
+                f"margin={self.margin})")

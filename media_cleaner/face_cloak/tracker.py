@@ -59,6 +59,11 @@ class FaceTrack:
     box: tuple[float, float, float, float]
     delta_rgb: np.ndarray | None = None
     delta_ycbcr: torch.Tensor | None = None
+    # The identity cloak's: the person's clean embedding (mean over their keyframes, unit length), how many
+    # keyframes it averages, and their decoy (fixed for the person's whole track).
+    identity: torch.Tensor | None = None
+    identity_count: int = 0
+    decoy: torch.Tensor | None = None
     _template: np.ndarray | None = field(default=None, repr=False)
     _scale: float = field(default=1.0, repr=False)
 
