@@ -80,8 +80,9 @@ def locate_ffmpeg(override: str | None = None) -> tuple[str, str]:
     Order: ``override``, ``$MEDIA_CLEANER_FFMPEG``, ``<repo>/ffmpeg/ffmpeg[.exe]``, the ``imageio-ffmpeg``
     wheel's binary, ``ffmpeg`` on the PATH.
     """
-    if override:
-        return _resolve_explicit(override), "the ffmpeg setting"
+    if override:   # Settings reads MEDIA_CLEANER_FFMPEG too: name the variable when that is where it came from
+        came_from = ENV_VARIABLE if override == os.environ.get(ENV_VARIABLE) else "the ffmpeg setting"
+        return _resolve_explicit(override), came_from
     if os.environ.get(ENV_VARIABLE):
         return _resolve_explicit(os.environ[ENV_VARIABLE]), ENV_VARIABLE
     for name in ("ffmpeg", "ffmpeg.exe"):
