@@ -81,6 +81,9 @@ def test_a_video_against_itself_has_no_protection_and_infinite_psnr(self_result)
     assert delivered["detection"]["haar"]["white_box"] is False
     assert delivered["detection"]["dlib_cnn"]["frames"] == 2 and self_result["frames_evaluated_dlib_cnn"] == 2
     assert delivered["identity"]["match_rate"] == 1.0 and delivered["identity"]["mean_distance"] < 1e-6
+    # As an attacker judges the clip: its best frame and its template still match (it is the same video).
+    assert delivered["identity"]["best_frame_distance"] < 1e-6 and delivered["identity"]["template_distance"] < 1e-6
+    assert delivered["identity"]["best_frame_matched"] and delivered["identity"]["template_matched"]
     quality = delivered["quality"]
     assert math.isinf(quality["psnr"]) and quality["ssim"] == pytest.approx(1.0)
     assert quality["face_ssim"] == pytest.approx(1.0) and quality["vmaf"] > 95

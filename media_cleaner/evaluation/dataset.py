@@ -69,6 +69,9 @@ COLUMNS = [
     *[(f"{name} D/R", ("video", "{variant}", "detection", name, "protection"), "percent2")
       for name in DETECTOR_ORDER],
     ("id match D/R", ("video", "{variant}", "identity", "match_rate"), "percent2"),
+    # Over the set, the mean of these is the share of clips in which the person is still matched.
+    ("best frame D/R", ("video", "{variant}", "identity", "best_frame_matched"), "percent2"),
+    ("template D/R", ("video", "{variant}", "identity", "template_matched"), "percent2"),
     ("PSNR", ("video", "delivered", "quality", "psnr"), "1"),
     ("SSIM", ("video", "delivered", "quality", "ssim"), "3"),
     ("faceSSIM", ("video", "delivered", "quality", "face_ssim"), "3"),
@@ -85,7 +88,9 @@ def _get(result: dict, path: tuple, variant: str):
         if not isinstance(value, dict):
             return None
         value = value.get(key.format(variant=variant))
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, bool):   # a yes/no figure: its mean over the set is a share of clips
+        return float(value)
+    return value if isinstance(value, (int, float)) else None
 
 
 def _values(result: dict, path: tuple) -> list:
