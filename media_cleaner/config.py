@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     progress_write_interval_s: float = Field(1.0, ge=0.0, le=60.0,
                                              description="At most one store write per task per interval for progress")
 
-    # Input limits, checked on the probe before a task exists (DESIGN §4: refused up front, not mid-work)
+    # Input limits, checked on the probe before a task exists (refused up front, not after an hour of work)
     max_duration_s: float = Field(3 * 3600, gt=0, description="Longest video accepted, in seconds")
     max_width: int = Field(7680, ge=16, description="Largest display width accepted (8K)")
     max_height: int = Field(7680, ge=16, description="Largest display height accepted")

@@ -1,4 +1,4 @@
-"""The task record (DESIGN §3) and its lifecycle states."""
+"""The task record and its lifecycle states (pending → processing → completed | failed | cancelled)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone

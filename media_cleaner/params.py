@@ -1,7 +1,7 @@
 """Protection parameters: names, ranges, defaults and their validation, in one place.
 
 The same checks serve the API (422), the command line and the library, so every caller gets the same
-message naming the field and its allowed range (DESIGN §2).
+message naming the field and its allowed range.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def normalize_audio_level(value: Any) -> str:
 
 @dataclass(frozen=True)
 class ProtectionParams:
-    """The user-facing knobs of one protection run (DESIGN §2).
+    """The user-facing knobs of one protection run (the README's "Parameters").
 
     epsilon: L∞ cap of the frame perturbation in the [-1, 1] pixel range (0.12 → ±15 of 255 levels).
     video_strength: multiplies the budget and the attack effort.
@@ -114,7 +114,7 @@ class ProtectionParams:
 
     @property
     def effective_epsilon(self) -> float:
-        """The L∞ cap actually applied: epsilon × video_strength (DESIGN §2)."""
+        """The L∞ cap actually applied: epsilon × video_strength."""
         return self.epsilon * self.video_strength
 
     def as_dict(self) -> dict:

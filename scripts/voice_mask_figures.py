@@ -5,7 +5,7 @@ channels (10 s chunks, as the pipeline feeds them), take the result through an A
 the service's ffmpeg, and score it the way a voice cloner would see it: Resemblyzer's full ``preprocess_wav``
 + ``embed_utterance``, cosine similarity to the clean same utterance and (LibriSpeech speakers) to an
 enrollment made of other clean utterances of the same speaker; a clip is protected when the similarity is
-under the match threshold (0.7232, the equal-error point on clean dev speech, DESIGN §7). Quality: PESQ-WB and
+under the match threshold (0.7232, the equal-error point on clean dev speech, see media_cleaner/evaluation/voice.py). Quality: PESQ-WB and
 STOI at 16 kHz after AAC, SNR of the perturbation (before AAC), and the signal-to-perturbation ratio inside
 the clean signal's quiet stretches (20 ms frames more than 40 dB under the loudest frame). Speed: seconds of
 compute per second of audio, and the same time in units of one clean encoder pass over the same audio

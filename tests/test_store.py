@@ -1,4 +1,4 @@
-"""The JSON task store: atomicity, locking, throttling, recovery (DESIGN §3)."""
+"""The JSON task store: atomicity, locking, throttling, recovery after a crash."""
 import json
 import os
 import subprocess

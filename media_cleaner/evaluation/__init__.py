@@ -1,4 +1,5 @@
-"""The evaluation harness: how we know whether protection works (DESIGN §5).
+"""The evaluation harness: how we know whether protection works, against models the engines never
+see (the method in plain words is EVALUATION.md, "Method").
 
 One module per job:
 

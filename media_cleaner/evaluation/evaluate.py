@@ -1,4 +1,4 @@
-"""One original/protected pair → every figure of DESIGN §5 (``python -m media_cleaner evaluate``).
+"""One original/protected pair → every figure of the evaluation (``python -m media_cleaner evaluate``).
 
 The protected file is scored twice: as delivered, and after the platform re-encode (:mod:`.reencode`),
 because that is what a scraper downloads. On evenly sampled frames (default 60; dlib's slow CNN on a
@@ -232,7 +232,7 @@ def _score_audio(original, protected, reencoded, speech_reference, ffmpeg) -> di
 def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_frames: int = DEFAULT_CNN_FRAMES,
                   speech_reference=None, reencode: bool = True, detectors=DETECTOR_ORDER,
                   ffmpeg: str | None = None, threads: int = 2) -> dict:
-    """Every figure of DESIGN §5 for ``protected`` against ``original`` (see the module docstring).
+    """Every figure of the evaluation for ``protected`` against ``original`` (see the module docstring).
 
     ``frames``: frames sampled evenly (0: all); ``cnn_frames``: the even subset dlib's CNN sees (0: the
     same frames as the others); ``speech_reference``: a folder of clean utterances of the same speaker;

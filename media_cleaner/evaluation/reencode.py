@@ -1,4 +1,5 @@
-"""The social-platform style re-encode (DESIGN §5): what a scraper actually downloads.
+"""The social-platform style re-encode: what a scraper actually downloads, so every figure is also measured
+after it.
 
 Platforms shrink uploads and compress them hard. We imitate that with the shorter side scaled to at most
 720 lines (720p, portrait too), libx264 CRF 28 and AAC 128 kbit/s: a perturbation that does not survive

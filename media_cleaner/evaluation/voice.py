@@ -7,7 +7,7 @@ threshold on clean development speech. It was measured with::
     .venv/bin/python -m media_cleaner voice-threshold ../shared/media/dev/speech
 
 on 2026-11-27: threshold 0.7235, EER 0.36 % (64 utterances of 10 speakers; 270 same-speaker pairs,
-mean 0.872; 1746 different-speaker pairs, mean 0.527; about 4 minutes on 2 busy cores). DESIGN §7's probe
+mean 0.872; 1746 different-speaker pairs, mean 0.527; about 4 minutes on 2 busy cores). A first probe
 found 0.7232 on 16 clips of the same speakers. Re-measure when the encoder or the preprocessing changes,
 and update this constant.
 """

@@ -94,7 +94,7 @@ class CloakPGD(Attack):
 
     Arguments:
         model (MTCNNSurrogate): the white-box surrogate.
-        epsilon (float): L∞ cap in the [-1, 1] range (``epsilon × video_strength`` of DESIGN §2). Default: 0.12.
+        epsilon (float): L∞ cap in the [-1, 1] range (the effective ``epsilon × video_strength``). Default: 0.12.
         steps (int): optimisation steps. Default: 20.
         step_size (float): first step's RMS pixel move as a fraction of ``epsilon``, decayed by a cosine to a
             tenth. Default: 0.6.

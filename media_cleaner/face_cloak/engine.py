@@ -12,8 +12,8 @@ Per frame (upright uint8 RGB, one at a time, in order):
 4. resample each crop's perturbation back to the frame, add it, round to uint8. Frames without faces are
    returned untouched (the same array).
 
-The budget is ``epsilon × video_strength`` and the effort (steps) is multiplied by ``video_strength``
-(DESIGN §2). Torch uses ``threads`` threads (the worker's share of the cores) on ``device``.
+The budget is ``epsilon × video_strength`` and the effort (steps) is multiplied by ``video_strength``.
+Torch uses ``threads`` threads (the worker's share of the cores) on ``device``.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ Each term returns a (B,) tensor, one value per crop, so the attack can weigh, av
 - :func:`landmark_loss` — O-Net's landmarks pushed away from the clean ones (a harvester aligns faces by
   them, and moving them disturbs the feature that all detectors share: where eyes, nose and mouth are);
 - :func:`perceptual_penalty` — the perturbation's energy relative to its perceptual budget, so the
-  optimiser spends only as much of the cap as it needs (DESIGN §2);
+  optimiser spends only as much of the cap as it needs;
 - :func:`structural_dissimilarity` — 1 − SSIM of the luma inside the face mask (Wang et al., "Image Quality
   Assessment: From Error Visibility to Structural Similarity", IEEE TIP 2004). SSIM divides a change by the
   local contrast already there, so it is a contrast-masking model of visibility, and it is the figure the

@@ -1,6 +1,6 @@
 """Where the perturbation may go and how large it may be there: face masks and a perceptual budget.
 
-The budget follows what the eye misses (DESIGN §2, "Visibility is a first-class figure"):
+The budget follows what the eye misses (a protection people can see is one they will not publish):
 
 - **luminance over chroma**: the perturbation lives in YCbCr (BT.601, full range); chroma gets a fraction
   of the luma budget, because coloured blotches are what made the sign-gradient probe visible and 4:2:0
@@ -11,7 +11,7 @@ The budget follows what the eye misses (DESIGN §2, "Visibility is a first-class
 - **feathered face masks**: a super-ellipse around the face box with a margin, faded out over a band so the
   perturbation has no visible border; a whole-frame mode switches the mask off.
 
-All tensors are (B, C, H, W) floats; pixel values and budgets are in the [-1, 1] range of DESIGN §2.
+All tensors are (B, C, H, W) floats; pixel values and budgets are in the [-1, 1] range that ``epsilon`` is measured in.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Two uses, kept apart:
   R-Net/O-Net on the face box and jittered copies of it, resampled with :func:`torchvision.ops.roi_align`
   (bilinear, so differentiable in the image).
 
-Images for :meth:`stage_outputs` are float tensors (B, 3, H, W), RGB, in the [-1, 1] range of DESIGN §2.
+Images for :meth:`stage_outputs` are float tensors (B, 3, H, W), RGB, in the [-1, 1] range that ``epsilon`` is measured in.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Keyframes and face tracks: which frames are optimised, and how a perturbation follows a face between them.
 
-The cloak optimises on every N-th frame (DESIGN §2 ``every_n_frames``) and on any frame where the picture
+The cloak optimises on every N-th frame (``every_n_frames``) and on any frame where the picture
 changes under it: a scene cut (:class:`SceneCutDetector`) or a face the tracker loses. Between keyframes the
 latest perturbation is carried to each frame, moved with its face's box (:class:`FaceTrack.follow`,
 normalised cross-correlation template matching on a small grey copy of the face, as in Lewis, "Fast

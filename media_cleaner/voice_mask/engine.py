@@ -10,7 +10,7 @@ where the level sets an intelligibility target, without letting the speech's ban
 16 kHz perturbation is brought back to the stream's rate and added to every channel that carries sound, so
 the output keeps exactly the input's samples, rate and channels.
 
-Why it is fast (DESIGN §7: the probe needed 1.4–2 s of compute per second of audio, 120 steps):
+Why it is fast (a first probe of this mask needed 1.4–2 s of compute per second of audio, 120 steps):
 - a spectral initialisation: the first gradient, taken at zero, sets every bin's phase against the
   gradient at a fixed fraction of its bound (a fast-gradient step in the masked complex domain), and the
   following steps, per-bin normalised like a sign step and shrinking linearly, refine instead of search;
@@ -70,7 +70,7 @@ class MaskLevel:
 
 # Offsets of one threshold, monotone in the budget (margin_db: smaller is louder), in the target (floor:
 # lower is further from the speaker) and in the effort ceiling (steps), which together make similarity and
-# PESQ monotone; with the early stop (``patience``) the ceiling is reached only on hard clips. DESIGN §7's
+# PESQ monotone; with the early stop (``patience``) the ceiling is reached only on hard clips. The first
 # probe (120 Adam steps): 16 dB → 44 % of clips below the match threshold, 12 dB → 100 %. Chosen on subsets
 # of development speech (scripts/voice_mask_figures.py --subset/--only ... --define ...):
 # - weak: STOI ≥ 0.97 is the binding target. A looser margin alone could not hold it with protection (10.5 dB:

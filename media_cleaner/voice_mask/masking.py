@@ -4,7 +4,7 @@ The idea follows the psychoacoustic attacks on speech models (Schönherr et al.,
 ASR Systems via Psychoacoustic Hiding", NDSS 2019; Qin et al., "Imperceptible, Robust, and Targeted
 Adversarial Examples for ASR", ICML 2019): a perturbation stays unheard when, in every time-frequency bin,
 it sits far enough under the signal that masks it. Here the threshold is the clean signal's own STFT
-magnitude minus a margin (the probe in DESIGN §7: 12 dB kept PESQ 4.2 and STOI 0.97), on the front end's
+magnitude minus a margin (a first probe: 12 dB kept PESQ 4.2 and STOI 0.97), on the front end's
 STFT grid (400-sample periodic Hann, 160-sample hop, 16 kHz):
 
     |D(f, t)| ≤ 10^(-margin_db / 20) · |X(f, t)| · q(t)
