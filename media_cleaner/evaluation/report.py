@@ -89,24 +89,24 @@ def _speaker(input_path, output_path, ffmpeg, cancel) -> dict:
 IDENTITY_MATCH_DISTANCE = 1.0
 
 
-def _identity(originals: list[np.ndarray], protected: list[np.ndarray]) -> dict:
+def _identity(judged: _Originals, protected: list[np.ndarray]) -> dict:
     """The identity cloak's own judge (white box): FaceNet's distance between each original face and the same
-    place in the protected frame, on the largest face MTCNN finds in the original."""
+    place in the protected frame, on the largest face MTCNN found in the original (``judged``'s boxes)."""
     import torch
     from ..face_cloak.losses import face_chips
     from ..face_cloak.recognizer import RecognizerMissing, load_recognizer
-    from ..face_cloak.surrogate import load_surrogate
+    if judged.boxes.get("mtcnn") is None:
+        return {"note": judged.notes.get("mtcnn", "MTCNN unavailable")}
     try:
         recognizer = load_recognizer()
     except RecognizerMissing as exc:
         return {"note": str(exc)}
-    detector = load_surrogate()
     distances = []
-    for original, changed in zip(originals, protected):
-        faces = detector.detect(original)
+    for original, changed, faces in zip(judged.frames, protected, judged.boxes["mtcnn"]):
         if not faces:
             continue
-        box = max(faces, key=lambda face: (face.box[2] - face.box[0]) * (face.box[3] - face.box[1])).box
+        largest = max(faces, key=lambda face: face.area)
+        box = [largest.x0, largest.y0, largest.x1, largest.y1]
         images = torch.from_numpy(np.stack([original, changed])).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
             clean, moved = recognizer(face_chips(images, torch.tensor([box, box], dtype=torch.float32)))
@@ -185,7 +185,7 @@ def build_task_report(input_path: str | Path, output_path: str | Path, preview_p
     # The MTCNN surrogate only: the black-box judges are too slow for every task (see evaluate).
     judged = _Originals(originals, [], ["mtcnn"])
     report["detection"] = _detection(judged, protected, (1.0, 1.0))
-    report["identity"] = _identity(originals, protected)
+    report["identity"] = _identity(judged, protected)
     if cancel is not None:
         cancel.raise_if_cancelled()
     progress(0.6)

