@@ -30,6 +30,8 @@ $(VENV)/.installed: requirements.txt | $(VENV)/bin/python
 $(MODELS): | $(VENV)/.installed
 	$(PY) -m media_cleaner fetch-models
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed $(MODELS)
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-eval.txt requirements-judges.txt \
+		$(VENV)/.installed $(MODELS)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-judges.txt
 	touch $@

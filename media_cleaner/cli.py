@@ -171,13 +171,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_voice_threshold(args: argparse.Namespace) -> int:
-    from .evaluation.voice import measure_threshold
+    from .evaluation.voice import SPEAKER_JUDGES, measure_threshold, read_speech
     _quiet_torch()
-    result = measure_threshold(args.folder)
-    print(f"equal-error threshold {result['threshold']:.4f} (EER {100 * result['eer']:.2f} %) on "
-          f"{result['utterances']} utterances of {result['speakers']} speakers: {result['same_pairs']} "
-          f"same-speaker pairs (mean {result['same_mean']:.3f}), {result['different_pairs']} different-speaker "
-          f"pairs (mean {result['different_mean']:.3f})")
+    judges = list(SPEAKER_JUDGES) if args.judge == "all" else [args.judge]
+    speech = read_speech(args.folder)   # decoded once for every judge
+    for judge in judges:
+        result = measure_threshold(args.folder, judge, speech=speech)
+        print(f"{judge}: equal-error threshold {result['threshold']:.4f} (EER {100 * result['eer']:.2f} %) on "
+              f"{result['utterances']} utterances of {result['speakers']} speakers: {result['same_pairs']} "
+              f"same-speaker pairs (mean {result['same_mean']:.3f}), {result['different_pairs']} "
+              f"different-speaker pairs (mean {result['different_mean']:.3f})")
     return 0
 
 
@@ -244,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     threshold = commands.add_parser("voice-threshold", help="measure the speaker-match (equal-error) threshold "
                                                             "on a folder of <speaker>/<utterances>")
     threshold.add_argument("folder")
+    threshold.add_argument("--judge", default="all", choices=["all", "resemblyzer", "se_res2net50"],
+                           help="which speaker judge (default: all)")
     threshold.set_defaults(run=cmd_voice_threshold)
     return parser
 

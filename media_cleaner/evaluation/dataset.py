@@ -5,7 +5,8 @@ its sub-folders) is protected with the given settings through the service's own 
 (:func:`~media_cleaner.pipeline.protect_video` with :func:`~media_cleaner.protection.build_protectors`
 and the server's default encoder settings), then scored with :func:`.evaluate.evaluate_pair`. A folder of
 speech files instead gets each file wrapped in a still grey video first, so the same pipeline and the same
-figures apply (the video figures of a still frame without a face are then empty).
+figures apply (the video figures of a still frame without a face are then empty), and each utterance's
+speaker figures are also taken against the other utterances in its folder (the speaker's enrolment).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import SUPPORTED_VIDEO_FORMATS, Settings
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg
+from ..ffmpeg_bin import SOUND_DEMUXERS, FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
 from ..params import ProtectionParams
 from ..pipeline import protect_video
 from ..probe import MediaError
@@ -29,6 +30,7 @@ from ..protection import (
 )
 from . import EvaluationError
 from .evaluate import DEFAULT_CNN_FRAMES, DEFAULT_FRAMES, DETECTOR_ORDER, evaluate_pair
+from .purification import PURIFICATIONS
 from .voice import SPEECH_SUFFIXES
 
 STILL_SIZE = "320x240"
@@ -54,7 +56,8 @@ def wrap_speech(speech: Path, target: Path, ffmpeg: str | None = None) -> Path:
     """``speech`` as the soundtrack of a still grey video of the same length (AAC at 256 kbit/s, so the
     wrapper itself costs the sound little)."""
     args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"color=c=gray:s={STILL_SIZE}:r=25", "-i", str(speech),
+            "-f", "lavfi", "-i", f"color=c=gray:s={STILL_SIZE}:r=25",
+            *user_media_input_args(SOUND_DEMUXERS), "-i", str(speech),
             "-map", "0:v", "-map", "1:a", "-shortest", "-c:v", "libx264", "-preset", "ultrafast",
             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "256k", str(target)]
     try:
@@ -62,6 +65,13 @@ def wrap_speech(speech: Path, target: Path, ffmpeg: str | None = None) -> Path:
     except FFmpegError as exc:
         raise EvaluationError(f"could not wrap {speech.name} in a video: {exc.reason}") from exc
     return target
+
+
+def enrolment(utterance: Path, inputs: list[Path]) -> list[Path] | None:
+    """The speaker's other utterances (the files beside ``utterance`` in its folder, one folder per speaker
+    as speech corpora are laid out): what a voice database would have enrolled; None when there are none."""
+    siblings = [p for p in inputs if p.parent == utterance.parent and p != utterance]
+    return siblings or None
 
 
 # The per-file table: (column, path into the evaluate_pair result, how to show it).
@@ -76,7 +86,16 @@ COLUMNS = [
     ("SSIM", ("video", "delivered", "quality", "ssim"), "3"),
     ("faceSSIM", ("video", "delivered", "quality", "face_ssim"), "3"),
     ("VMAF D/R", ("video", "{variant}", "quality", "vmaf"), "0-2"),
+    ("flicker×", ("video", "delivered", "quality", "flicker", "ratio"), "2"),
+    # Identity after each cheap purification of the delivered file (see evaluation.purification).
+    *[(f"id {name}", ("video", "delivered", "purified", name, "match_rate"), "percent")
+      for name in PURIFICATIONS],
     ("spk sim", ("audio", "speaker", "similarity"), "3"),
+    # The black-box speaker judge after the re-encode (against the enrolment when one is given), how much less
+    # it recognises the speaker than in the clean control, and whether every judge is below its threshold.
+    ("R2N score", ("audio", "judges", "se_res2net50", "reencoded", "score"), "3"),
+    ("R2N drop", ("audio", "judges", "se_res2net50", "drop"), "3"),
+    ("voice safe D/R", ("audio", "protected_by_all", "{variant}"), "percent2"),
     ("PESQ", ("audio", "quality", "pesq"), "2"),
     ("STOI", ("audio", "quality", "stoi"), "3"),
 ]
@@ -185,7 +204,8 @@ def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = 
                               audio_bitrate=settings.audio_bitrate, ffmpeg=ffmpeg)
                 entry["protect_seconds"] = round(time.monotonic() - t0, 2)
                 entry["result"] = evaluate_pair(original, protected, frames=frames, cnn_frames=cnn_frames,
-                                                reencode=reencode, ffmpeg=ffmpeg, threads=threads)
+                                                reencode=reencode, ffmpeg=ffmpeg, threads=threads,
+                                                speech_reference=enrolment(source, inputs) if is_speech else None)
             except (EvaluationError, MediaError) as exc:   # one bad file must not stop the whole set
                 entry["error"] = str(exc)
             entries.append(entry)

@@ -10,7 +10,10 @@ smaller even subset) each detector is run on the original frame and on the same 
 - *identity*: dlib's 128-D embedding of the protected face against the original face (the largest face
   dlib HOG finds in the original frame); distance < 0.6 is a match, a frame where no face is found in
   the protected frame counts as protected;
-- *quality*: PSNR/SSIM (luma, all frames) and VMAF from ffmpeg, SSIM inside the original face boxes.
+- *quality*: PSNR/SSIM (luma, all frames) and VMAF from ffmpeg, SSIM inside the original face boxes;
+  *flicker*: the face's change from each sampled frame to the next, against the original's own change;
+- *purified*: the identity figures of the delivered file again after each cheap purification an attacker
+  would try first (:mod:`.purification`: JPEG 75, a slight blur, down-then-up scaling, hqdn3d).
 
 The sound is scored on the delivered file (speaker similarity also after the re-encode). Works on any pair
 of videos; when frame counts differ, frames are paired by relative time.
@@ -36,9 +39,19 @@ from .media import (
     read_frames,
     require_file,
 )
-from .metrics import audio_quality, face_ssim, video_quality
-from .reencode import platform_reencode, reencode_command
-from .voice import MATCH_THRESHOLD, RATE, encoder, enrollment_embeddings, similarity
+from .metrics import audio_quality, face_flicker, face_ssim, video_quality
+from .purification import FRAME_PURIFICATIONS, PURIFICATIONS, hqdn3d_video, purify_frames
+from .reencode import aac_control, platform_reencode, reencode_command
+from .voice import (
+    MATCH_THRESHOLD,
+    RATE,
+    SPEAKER_JUDGES,
+    SpeakerJudge,
+    enrollment_embeddings,
+    read_speech,
+    similarity,
+    speaker_judge,
+)
 
 DEFAULT_FRAMES = 60
 # dlib's CNN takes about a second per frame on a busy 2-core CPU: it sees an even subset of the sample.
@@ -67,8 +80,10 @@ class _Originals:
     """The sampled original frames and what the judges found in them (computed once, used for both the
     delivered and the re-encoded file)."""
 
-    def __init__(self, frames: list[np.ndarray], cnn_positions: list[int], detectors: list[str]):
+    def __init__(self, frames: list[np.ndarray], cnn_positions: list[int], detectors: list[str],
+                 next_frames: list[np.ndarray] | None = None):
         self.frames = frames
+        self.next_frames = next_frames   # the frame after each sampled one, for the flicker figure
         self.cnn_positions = cnn_positions
         self.boxes: dict[str, list[list[Box]] | None] = {}
         self.notes: dict[str, str] = {}
@@ -181,51 +196,122 @@ def _resize_to(frames: list[np.ndarray], width: int, height: int) -> list[np.nda
             for f in frames]
 
 
+def next_indices(indices: list[int], frame_count: int) -> list[int]:
+    """The frame after each of ``indices`` (the last frame stands in for its own successor)."""
+    return [min(i + 1, frame_count - 1) for i in indices]
+
+
+def _purified(originals: _Originals, variant, info, frames: list[np.ndarray], indices: list[int],
+              scale: tuple[float, float], work: Path, ffmpeg: str, threads: int) -> dict:
+    result = {}
+    for name in PURIFICATIONS:
+        if name in FRAME_PURIFICATIONS:
+            cleaned = purify_frames(name, frames)
+        else:   # hqdn3d looks at neighbouring frames: it runs on the whole video
+            denoised = hqdn3d_video(variant, work / "hqdn3d.mp4", ffmpeg, threads)
+            cleaned = read_frames(denoised, indices, info, ffmpeg, threads)
+        result[name] = _identity(originals, cleaned, scale)
+    return result
+
+
 def _score_video(original, original_info, variant, originals: _Originals, indices: list[int],
-                 ffmpeg: str, threads: int) -> dict:
+                 ffmpeg: str, threads: int, work: Path | None = None) -> dict:
+    """The figures of one protected file; ``work`` (a scratch folder) asks for the flicker and purification
+    figures too."""
     info = probe(variant, ffmpeg)
-    frames = read_frames(variant, matching_indices(indices, original_info.frame_count, info.frame_count),
-                         info, ffmpeg, threads)
+    own_indices = matching_indices(indices, original_info.frame_count, info.frame_count)
+    frames = read_frames(variant, own_indices, info, ffmpeg, threads)
     scale = (original_info.width / info.width, original_info.height / info.height)
     quality = video_quality(original, variant, original_info, ffmpeg=ffmpeg, threads=threads)
-    quality["face_ssim"] = face_ssim(originals.frames, _resize_to(frames, original_info.width,
-                                                                  original_info.height), originals.face_boxes)
-    return {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
-            "quality": quality, "size": [info.width, info.height]}
+    at_original_size = _resize_to(frames, original_info.width, original_info.height)
+    quality["face_ssim"] = face_ssim(originals.frames, at_original_size, originals.face_boxes)
+    result = {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
+              "quality": quality, "size": [info.width, info.height]}
+    if work is not None:
+        following = read_frames(variant, next_indices(own_indices, info.frame_count), info, ffmpeg, threads)
+        quality["flicker"] = face_flicker(originals.frames, originals.next_frames, at_original_size,
+                                          _resize_to(following, original_info.width, original_info.height),
+                                          originals.face_boxes)
+        result["purified"] = _purified(originals, variant, info, frames, own_indices, scale, work, ffmpeg,
+                                       threads)
+    return result
 
 
-def _speaker(original_embedding, protected_embedding, references) -> dict:
+def _speaker(judge: SpeakerJudge, original_embedding, protected_embedding, references) -> dict:
+    """One judge's figures for one protected soundtrack: against the original utterance and, with
+    ``references``, against an enrolment of the speaker's other clean speech (their mean similarity)."""
+    result: dict = {"similarity": None, "threshold": judge.threshold, "match": None}
     if original_embedding is None or protected_embedding is None:
-        return {"similarity": None, "threshold": MATCH_THRESHOLD, "match": None,
-                "note": "too little speech to embed (1.6 s of voiced audio at least)"}
+        return result | {"note": judge.too_short}
     value = similarity(original_embedding, protected_embedding)
-    result = {"similarity": value, "threshold": MATCH_THRESHOLD, "match": value >= MATCH_THRESHOLD}
+    result |= {"similarity": value, "match": value >= judge.threshold}
     if references:
         result["enrollment_similarity"] = float(np.mean([similarity(protected_embedding, r) for r in references]))
         result["original_enrollment_similarity"] = float(np.mean([similarity(original_embedding, r)
                                                                   for r in references]))
-        result["enrollment_match"] = result["enrollment_similarity"] >= MATCH_THRESHOLD
+        result["enrollment_match"] = result["enrollment_similarity"] >= judge.threshold
+    # What the verdict uses: the enrolment when there is one (what a voice database holds), else the original.
+    result["score"] = result.get("enrollment_similarity", result["similarity"])
     return result
 
 
-def _score_audio(original, protected, reencoded, speech_reference, ffmpeg) -> dict | None:
+def _matched(figures: dict) -> bool | None:
+    """Whether a judge still recognises the speaker (by :func:`_speaker`'s ``score``)."""
+    return figures.get("enrollment_match", figures["match"])
+
+
+def _judge_voice(judge: SpeakerJudge, reference, variants: dict, speech_reference, speech) -> dict:
+    """``judge`` on every variant of the soundtrack; ``drop``: how much less the re-encoded protected sound
+    resembles the speaker than the clean sound through the same AAC encode (the control) does."""
+    references = enrollment_embeddings(speech_reference, judge, speech=speech) if speech else []
+    original_embedding = judge.embed(reference)
+    result: dict = {"white_box": judge.white_box, "threshold": judge.threshold}
+    for name, samples in variants.items():
+        result[name] = _speaker(judge, original_embedding, judge.embed(samples), references)
+    control, after = result.get("control"), result.get("reencoded")
+    if control and after and control.get("score") is not None and after.get("score") is not None:
+        result["drop"] = control["score"] - after["score"]
+    return result
+
+
+def _protected_by_all(judged: dict, variant: str) -> bool | None:
+    """A voice is protected only when every judge fails to match it (None when a judge could not say)."""
+    verdicts = [_matched(figures[variant]) for figures in judged.values() if variant in figures]
+    if not verdicts or any(v is None for v in verdicts):
+        return None
+    return not any(verdicts)
+
+
+def _score_audio(original, protected, reencoded, speech_reference, ffmpeg, work: Path) -> dict | None:
     reference = read_audio(original, RATE, ffmpeg)
     delivered = read_audio(protected, RATE, ffmpeg)
     if reference is None or delivered is None:
         return None
     result: dict = {"quality": audio_quality(reference, delivered)}
-    try:
-        speaker_encoder = encoder()
-    except EvaluationError as exc:
-        result["speaker"] = {"similarity": None, "threshold": MATCH_THRESHOLD, "match": None, "note": str(exc)}
-        return result
-    references = enrollment_embeddings(speech_reference, ffmpeg) if speech_reference else []
-    original_embedding = speaker_encoder.embed(reference)
-    result["speaker"] = _speaker(original_embedding, speaker_encoder.embed(delivered), references)
+    variants = {"delivered": delivered}
     if reencoded is not None:
         after = read_audio(reencoded, RATE, ffmpeg)
         if after is not None:
-            result["reencoded"] = {"speaker": _speaker(original_embedding, speaker_encoder.embed(after), references)}
+            variants["reencoded"] = after
+            # The control: the clean sound through the same AAC encode, so the drop is the mask's alone.
+            variants["control"] = read_audio(aac_control(original, work / "control.m4a", ffmpeg), RATE, ffmpeg)
+    speech = read_speech(speech_reference, ffmpeg) if speech_reference else None
+    judged, notes = {}, {}
+    for name in SPEAKER_JUDGES:
+        try:
+            judged[name] = _judge_voice(speaker_judge(name), reference, variants, speech_reference,
+                                        speech)
+        except EvaluationError as exc:
+            notes[name] = str(exc)
+    result["judges"] = judged | {name: {"note": note} for name, note in notes.items()}
+    result["protected_by_all"] = {variant: None if notes else _protected_by_all(judged, variant)
+                                  for variant in variants if variant != "control"}
+    # The white-box figure under its old keys (the per-file table and older readers).
+    white = judged.get("resemblyzer")
+    result["speaker"] = white["delivered"] if white else {"similarity": None, "threshold": MATCH_THRESHOLD,
+                                                          "match": None, "note": notes.get("resemblyzer")}
+    if white and "reencoded" in white:
+        result["reencoded"] = {"speaker": white["reencoded"]}
     return result
 
 
@@ -235,13 +321,14 @@ def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_fram
     """Every figure of the evaluation for ``protected`` against ``original`` (see the module docstring).
 
     ``frames``: frames sampled evenly (0: all); ``cnn_frames``: the even subset dlib's CNN sees (0: the
-    same frames as the others); ``speech_reference``: a folder of clean utterances of the same speaker;
+    same frames as the others); ``speech_reference``: a folder (or a list of files) of clean utterances of
+    the same speaker;
     ``reencode``: also score the platform re-encode. Raises :class:`EvaluationError` on unusable input.
     """
     started = time.monotonic()
     original = require_file(original, "the original")
     protected = require_file(protected, "the protected video")
-    if speech_reference is not None and not Path(speech_reference).is_dir():
+    if isinstance(speech_reference, (str, Path)) and not Path(speech_reference).is_dir():
         raise EvaluationError(f"the speech reference {speech_reference} is not a folder.")
     ffmpeg = find_ffmpeg(ffmpeg)
     original_info = probe(original, ffmpeg)
@@ -249,20 +336,22 @@ def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_fram
     cnn_count = len(indices) if cnn_frames <= 0 else min(cnn_frames, len(indices))
     cnn_positions = even_indices(len(indices), cnn_count)
     originals = _Originals(read_frames(original, indices, original_info, ffmpeg, threads), cnn_positions,
-                           [name for name in DETECTOR_ORDER if name in detectors])
+                           [name for name in DETECTOR_ORDER if name in detectors],
+                           read_frames(original, next_indices(indices, original_info.frame_count), original_info,
+                                       ffmpeg, threads))
 
     result: dict = {"original": str(original), "protected": str(protected), "frames_evaluated": len(indices),
-                    "frames_evaluated_dlib_cnn": len(cnn_positions) if "dlib_cnn" in detectors else 0,
-                    "video": {"delivered": _score_video(original, original_info, protected, originals, indices,
-                                                        ffmpeg, threads)}}
+                    "frames_evaluated_dlib_cnn": len(cnn_positions) if "dlib_cnn" in detectors else 0}
     with tempfile.TemporaryDirectory(prefix="media_cleaner_eval_") as work:
+        result["video"] = {"delivered": _score_video(original, original_info, protected, originals, indices,
+                                                     ffmpeg, threads, work=Path(work))}
         reencoded = None
         if reencode:
             reencoded = platform_reencode(protected, Path(work) / "reencoded.mp4", ffmpeg, threads)
             result["video"]["reencoded"] = _score_video(original, original_info, reencoded, originals, indices,
                                                         ffmpeg, threads)
             result["reencode_command"] = shlex.join(reencode_command(protected, "reencoded.mp4", "ffmpeg", threads))
-        result["audio"] = _score_audio(original, protected, reencoded, speech_reference, ffmpeg)
+        result["audio"] = _score_audio(original, protected, reencoded, speech_reference, ffmpeg, Path(work))
     result["white_box"] = ["mtcnn", "resemblyzer"]
     result["seconds"] = round(time.monotonic() - started, 1)
     result["command"] = evaluate_command(original, protected, frames, cnn_frames, speech_reference, reencode)
@@ -316,20 +405,41 @@ def format_table(result: dict) -> str:
     row("SSIM (luma)", lambda v: v["quality"]["ssim"], digits=4)
     row("face SSIM", lambda v: v["quality"]["face_ssim"], digits=4)
     row("VMAF", lambda v: v["quality"]["vmaf"], digits=1)
+    row("face flicker (× the original's)", lambda v: v["quality"]["flicker"]["ratio"])
+    for name in PURIFICATIONS:
+        row(f"after {name}: dlib match rate", lambda v, n=name: v["purified"][n]["match_rate"], percent=True)
+        row(f"after {name}: template matched", lambda v, n=name: v["purified"][n]["template_matched"])
     audio = result.get("audio")
     lines.append("")
     if audio is None:
         lines.append("audio: none (one of the files has no sound)")
     else:
-        speaker, quality = audio["speaker"], audio["quality"]
-        after = audio.get("reencoded", {}).get("speaker", {})
-        lines.append(f"speaker similarity (Resemblyzer, white box): {_fmt(speaker['similarity'], 3)} "
-                     f"(match ≥ {speaker['threshold']}: {_fmt(speaker['match'])}); after re-encode "
-                     f"{_fmt(after.get('similarity'), 3)}")
-        if "enrollment_similarity" in speaker:
-            lines.append(f"similarity to the speaker's other speech: {_fmt(speaker['enrollment_similarity'], 3)}"
-                         f" (original: {_fmt(speaker['original_enrollment_similarity'], 3)})")
-        lines.append(f"audio quality: SNR {_fmt(quality['snr_db'], 1)} dB, PESQ-WB {_fmt(quality['pesq'])}, "
-                     f"STOI {_fmt(quality['stoi'], 3)}")
+        lines += _voice_lines(audio)
     lines += ["", f"took {result['seconds']} s; reproduce with:", f"  {result['command']}"]
     return "\n".join(lines)
+
+
+def _voice_lines(audio: dict) -> list[str]:
+    lines = []
+    for name, judged in audio["judges"].items():
+        if "note" in judged:
+            lines.append(f"speaker judge {name}: unavailable ({judged['note']})")
+            continue
+        tag = f"{name}{' (white box)' if judged['white_box'] else ''}"
+        parts = []
+        for variant in ("delivered", "reencoded", "control"):
+            if variant in judged:
+                figures = judged[variant]
+                text = f"{variant} {_fmt(figures['similarity'], 3)}"
+                if "enrollment_similarity" in figures:
+                    text += f" (enrolment {_fmt(figures['enrollment_similarity'], 3)})"
+                parts.append(text)
+        lines.append(f"speaker {tag}, match ≥ {judged['threshold']}: " + "; ".join(parts)
+                     + (f"; drop vs control {_fmt(judged['drop'], 3)}" if "drop" in judged else ""))
+    verdict = audio["protected_by_all"]
+    lines.append("voice protected from every judge: "
+                 + ", ".join(f"{variant} {_fmt(value)}" for variant, value in verdict.items()))
+    quality = audio["quality"]
+    lines.append(f"audio quality: SNR {_fmt(quality['snr_db'], 1)} dB, PESQ-WB {_fmt(quality['pesq'])}, "
+                 f"STOI {_fmt(quality['stoi'], 3)}")
+    return lines

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ffmpeg_bin import capture_ffmpeg, error_reason, find_ffmpeg, user_media_input_args
+from ..ffmpeg_bin import SOUND_DEMUXERS, capture_ffmpeg, error_reason, find_ffmpeg, user_media_input_args
 from ..probe import MediaInfo, probe_media
 from . import EvaluationError
 
@@ -90,9 +90,10 @@ def read_frames(path: str | Path, indices: list[int], info: MediaInfo, ffmpeg: s
 
 def read_audio(path: str | Path, rate: int = 16000, ffmpeg: str | None = None,
                max_seconds: float | None = None, cancel=None) -> np.ndarray | None:
-    """The first audio stream as mono float32 at ``rate`` Hz; None when the file has no sound."""
+    """The first audio stream as mono float32 at ``rate`` Hz; None when the file has no sound. Reads videos
+    and plain sound files (speech folders)."""
     args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error",
-            *user_media_input_args(), "-i", str(path), "-map", "0:a:0?", "-vn", "-ac", "1", "-ar", str(rate)]
+            *user_media_input_args(SOUND_DEMUXERS), "-i", str(path), "-map", "0:a:0?", "-vn", "-ac", "1", "-ar", str(rate)]
     if max_seconds:
         args += ["-t", str(max_seconds)]
     args += ["-f", "f32le", "-acodec", "pcm_f32le", "-"]

@@ -81,17 +81,48 @@ def frame_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(structural_similarity(ya, yb, data_range=255.0, win_size=window))
 
 
+def _box_slices(box: Box, width: int, height: int):
+    b = box.clipped(width, height)
+    return slice(int(b.y0), int(math.ceil(b.y1))), slice(int(b.x0), int(math.ceil(b.x1)))
+
+
 def face_ssim(originals: list[np.ndarray], protected: list[np.ndarray], boxes: list[list[Box]]) -> float | None:
     """Mean luma SSIM inside the original frames' face boxes; None when no face was found anywhere."""
     scores = []
     for original, changed, frame_boxes in zip(originals, protected, boxes):
         height, width = original.shape[:2]
         for box in frame_boxes:
-            b = box.clipped(width, height)
-            x0, y0, x1, y1 = int(b.x0), int(b.y0), int(math.ceil(b.x1)), int(math.ceil(b.y1))
-            if x1 - x0 >= 8 and y1 - y0 >= 8:
-                scores.append(frame_ssim(original[y0:y1, x0:x1], changed[y0:y1, x0:x1]))
+            rows, cols = _box_slices(box, width, height)
+            if rows.stop - rows.start >= 8 and cols.stop - cols.start >= 8:
+                scores.append(frame_ssim(original[rows, cols], changed[rows, cols]))
     return float(np.mean(scores)) if scores else None
+
+
+def face_flicker(originals: list[np.ndarray], original_next: list[np.ndarray], protected: list[np.ndarray],
+                 protected_next: list[np.ndarray], boxes: list[list[Box]]) -> dict | None:
+    """How much the face changes from each sampled frame to the next: the mean absolute luma change inside
+    the original face boxes, in the protected video and in the original, and their ratio.
+
+    A perturbation computed afresh on every frame shimmers even where the person holds still; one that
+    follows the face does not. A ratio of 1 is the original's own motion (None for a still original, whose
+    change is 0: ``excess``, the difference in luma levels, still says it); None when no face was found.
+    """
+    changed, own = [], []
+    for frame, after, guarded, guarded_after, frame_boxes in zip(originals, original_next, protected,
+                                                                  protected_next, boxes):
+        height, width = frame.shape[:2]
+        for box in frame_boxes:
+            rows, cols = _box_slices(box, width, height)
+            if rows.stop - rows.start < 8 or cols.stop - cols.start < 8:
+                continue
+            own.append(float(np.mean(np.abs(luma(after[rows, cols]) - luma(frame[rows, cols])))))
+            changed.append(float(np.mean(np.abs(luma(guarded_after[rows, cols]) - luma(guarded[rows, cols])))))
+    if not own:
+        return None
+    original_change, protected_change = float(np.mean(own)), float(np.mean(changed))
+    ratio = protected_change / original_change if original_change > 0 else None
+    return {"protected": protected_change, "original": original_change, "ratio": ratio,
+            "excess": protected_change - original_change}
 
 
 # --- sound ---------------------------------------------------------------------------------------------

@@ -39,3 +39,15 @@ def platform_reencode(source: str | Path, target: str | Path, ffmpeg: str | None
     except FFmpegError as exc:
         raise EvaluationError(f"the platform re-encode of {Path(source).name} failed: {exc.reason}") from exc
     return Path(target)
+
+
+def aac_control(source: str | Path, target: str | Path, ffmpeg: str | None = None) -> Path:
+    """The clean soundtrack of ``source`` through the re-encode's AAC alone (an .m4a at ``target``): the control
+    a protected sound after the re-encode is compared with, so that the codec's own change is not counted."""
+    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *user_media_input_args(),
+            "-i", str(source), "-map", "0:a:0", "-vn", "-c:a", "aac", "-b:a", AUDIO_BITRATE, str(target)]
+    try:
+        run_ffmpeg(args)
+    except FFmpegError as exc:
+        raise EvaluationError(f"the AAC control of {Path(source).name} failed: {exc.reason}") from exc
+    return Path(target)
