@@ -35,7 +35,7 @@ from media_cleaner.ffmpeg_bin import find_ffmpeg
 from media_cleaner.params import ProtectionParams
 from media_cleaner.probe import probe_media
 
-DETECTORS = ("mtcnn", "haar", "dlib_hog", "dlib_cnn")
+DETECTORS = ("mtcnn", "haar", "dlib_hog", "dlib_cnn", "yuface")
 
 
 def make_face_video(path: Path, seconds: float = 1.0, fps: int = 10, size: int = 384, audio: bool = True,

@@ -1,7 +1,7 @@
 """The models that score protection: face detectors and dlib's face embedding.
 
 Black-box judges (the protection never sees them): OpenCV's Haar frontal cascade, dlib's HOG detector,
-dlib's CNN (mmod) detector and dlib's 128-D ResNet face embedding. White-box surrogate (the face cloak
+dlib's CNN (mmod) detector, libfacedetection's CNN (``yuface``, BSD) and dlib's 128-D ResNet face embedding. White-box surrogate (the face cloak
 attacks it, so its figure is an upper bound): MTCNN from facenet-pytorch. None of these is ever used to
 compute a perturbation.
 
@@ -180,8 +180,34 @@ class MtcnnDetector(FaceDetector):
         return [] if boxes is None else [Box(*map(float, b)) for b in boxes]
 
 
+class YuFaceDetector(FaceDetector):
+    """libfacedetection's small CNN (the YuNet family, the detector of OpenCV's FaceDetectorYN), from the
+    ``yuface`` wheel, which ships the model compiled into its library. Confidence threshold 0.5, its default."""
+
+    name = "yuface"
+    MAX_SIDE = 960   # the library warns that larger frames detect worse: they are shrunk first
+
+    def __init__(self) -> None:
+        super().__init__()
+        import warnings
+        self._yuface = _require("yuface", "yuface")
+        self._warnings = warnings
+
+    def _detect(self, rgb):
+        import cv2
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.MAX_SIDE / max(height, width))
+        small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)),
+                                                    interpolation=cv2.INTER_AREA)
+        with self._warnings.catch_warnings():
+            self._warnings.simplefilter("ignore")
+            _, boxes, _ = self._yuface.detect(np.ascontiguousarray(small[:, :, ::-1]), conf=0.5)
+        return [Box(float(x), float(y), float(x + w), float(y + h)).scaled(1 / scale, 1 / scale)
+                for x, y, w, h in np.asarray(boxes, dtype=np.float64)]
+
+
 DETECTORS = {"mtcnn": MtcnnDetector, "haar": HaarDetector, "dlib_hog": DlibHogDetector,
-             "dlib_cnn": DlibCnnDetector}
+             "dlib_cnn": DlibCnnDetector, "yuface": YuFaceDetector}
 
 
 @functools.cache
