@@ -72,6 +72,7 @@ class TaskView(Task):
     output_video: SkipJsonSchema[str | None] = Field(None, exclude=True)
 
     download_url: str | None = Field(None, examples=["/download/3f2b9c1e8a7d4f60b1c2d3e4f5a6b7c8"])
+    queue_position: int | None = Field(None, description="While pending, in GET /status: 1 = the next to start")
 
 
 class TaskList(BaseModel):

@@ -197,6 +197,17 @@ class TaskStore:
             cached = self._counts = (changes, counts)
         return dict(cached[1])
 
+    def queue_position(self, task_id: str) -> int | None:
+        """1 + the pending tasks uploaded before this one (they start first: FIFO); None when not pending.
+        Lock-free, like the other reads: one pass over the in-memory snapshot."""
+        position = 0
+        for task in self._snapshot():   # upload order
+            if task.status == TaskStatus.pending:
+                position += 1
+                if task.task_id == task_id:
+                    return position
+        return None
+
     def count_pending(self, user_id: str | None = None) -> int:
         return sum(1 for t in self._snapshot()
                    if t.status == TaskStatus.pending and (user_id is None or t.user_id == user_id))

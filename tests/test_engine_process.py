@@ -13,7 +13,7 @@ from conftest import make_service, stored_output, wait_for
 from engine_factories import CRASH, NORMAL, RAISE, SLOW, engines
 from fastapi.testclient import TestClient
 from media_factory import make_video
-from test_server_process import Server
+from live_server import Server
 
 from media_cleaner.api import create_app
 from media_cleaner.engine_process import ENGINE_NICENESS

@@ -34,30 +34,9 @@ from media_cleaner.evaluation.voice import equal_error_threshold
 from media_cleaner.ffmpeg_bin import find_ffmpeg
 from media_cleaner.params import ProtectionParams
 from media_cleaner.probe import probe_media
+from media_factory import make_face_video
 
 DETECTORS = ("mtcnn", "haar", "dlib_hog", "dlib_cnn", "yuface")
-
-
-def make_face_video(path: Path, seconds: float = 1.0, fps: int = 10, size: int = 384, audio: bool = True,
-                    video_filter: str | None = None) -> Path:
-    """A still clip of the astronaut's face (``size``², H.264) with a sine tone unless ``audio`` is False.
-
-    At 384 px the face is about 90 px wide: large enough for dlib's CNN, which runs without upsampling."""
-    import cv2
-    from skimage import data
-    frame = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
-    count = int(seconds * fps)
-    args = [find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size}x{size}", "-r", str(fps), "-i", "-"]
-    if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=300:sample_rate=16000:duration={seconds}"]
-    if video_filter:
-        args += ["-vf", video_filter]
-    args += ["-c:v", "libx264", "-crf", "18", "-pix_fmt", "yuv420p"]
-    if audio:
-        args += ["-c:a", "aac", "-b:a", "128k", "-shortest"]
-    subprocess.run(args + [str(path)], input=frame.tobytes() * count, check=True)
-    return path
 
 
 def blurred_copy(source: Path, target: Path) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import wait_for
-from test_evaluation import make_face_video
+from conftest import httpx_transport, wait_for
+from media_factory import make_face_video
 
 from media_cleaner import jobs
 from media_cleaner.evaluation.report import AMPLIFY, render_sheet
@@ -70,7 +70,7 @@ def test_a_completed_task_has_a_report_and_a_preview_sheet(api_factory, face_cli
     assert image is not None and image.shape[1] == 4 * 320 and image.shape[0] > 3 * 320
 
     # client.py fetches both.
-    client = mc.MediaCleanerClient("http://testserver", transport=api._transport)
+    client = mc.MediaCleanerClient("http://testserver", transport=httpx_transport(api))
     assert client.report(task_id)["psnr"] == report["psnr"]
     saved = client.download_preview(task_id, tmp_path / "sheet.png")
     assert saved.read_bytes() == sheet.content

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_server_process import Server
+from live_server import Server
 
 from media_cleaner.auth import hash_key
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from media_factory import make_video
-from test_server_process import Server
+from live_server import Server
 
 from media_cleaner.auth import hash_key
 from media_cleaner.models import Task, TaskStatus

@@ -61,6 +61,15 @@ def test_concurrent_writers_lose_nothing(store):
     assert all(t["notes"] == f"note {int(t['task_id'], 16)}" for t in tasks.values())
 
 
+def test_queue_position_is_the_place_in_the_fifo(store):
+    for i in range(3):
+        store.add(make_task(i))
+    assert [store.queue_position(f"{i:032x}") for i in range(3)] == [1, 2, 3]
+    store.claim_next()   # the first starts: everyone moves up, and a running task has no place in the queue
+    assert [store.queue_position(f"{i:032x}") for i in range(3)] == [None, 1, 2]
+    assert store.queue_position("f" * 32) is None
+
+
 def test_progress_writes_are_throttled_but_visible(store, monkeypatch):
     store.add(make_task(1))
     task_id = store.claim_next().task_id

@@ -15,6 +15,7 @@ from ..service import MediaCleanerService
 from . import downloads, reports, system, tasks, uploads
 from .deps import get_current_user
 from .errors import error_responses, install_error_handlers
+from .page import install_page
 
 DESCRIPTION = """Media Cleaner returns a **protected** copy of a video: the faces in its frames carry a small
 adversarial perturbation against face detectors (the face cloak), and the voice in its soundtrack an
@@ -24,7 +25,7 @@ models the protection never saw, is in EVALUATION.md and in each task's report (
 
 **How to use it:** `POST /upload` a video → poll `GET /status/{task_id}` until `status` is `completed`
 → `GET /download/{task_id}`. Errors are JSON `{"detail": "…"}` that say what to fix. When the server has API
-keys, send yours in `X-API-Key` (the Authorize button).
+keys, send yours in `X-API-Key` (the Authorize button). People who do not use an API have the web page at `/`.
 """
 
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, service: MediaCleanerService | 
     for module in (uploads, tasks, downloads, reports, system):
         _document_key_errors(module.router)
         app.include_router(module.router)
+    install_page(app)
     return app
 
 

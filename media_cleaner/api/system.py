@@ -9,7 +9,6 @@ or a task's run.
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import RedirectResponse
 
 from .. import __version__
 from ..params import AUDIO_LEVELS, EPSILON_RANGE, EVERY_N_FRAMES_RANGE, PRESETS, VIDEO_STRENGTH_RANGE
@@ -56,8 +55,3 @@ async def health(service: ServiceDep) -> dict:
     return {"status": "degraded" if stalled else "ok", "version": __version__, "workers": service.pool.size,
             "busy": service.pool.busy(), "stalled": stalled,
             "ffmpeg": service.ffmpeg.public() if service.ffmpeg else None}
-
-
-@router.get("/", include_in_schema=False)
-def root() -> RedirectResponse:
-    return RedirectResponse("/docs")

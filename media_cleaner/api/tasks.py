@@ -23,9 +23,13 @@ router = APIRouter(tags=["tasks"])
 @router.get("/status/{task_id}", operation_id="get_task_status", response_model=TaskView,
             summary="A task's status and progress", responses=error_responses(404),
             description="`progress` is 0–100 and `eta_s` the estimated seconds left while processing; "
-                        "`download_url` appears once the protected file is ready.")
-async def get_status(task: TaskDep) -> dict:
-    return task.public()
+                        "`queue_position` (1 = next) while pending; `download_url` appears once the protected "
+                        "file is ready.")
+async def get_status(task: TaskDep, service: ServiceDep) -> dict:
+    view = task.public()
+    if task.status == TaskStatus.pending:
+        view["queue_position"] = service.store.queue_position(task.task_id)
+    return view
 
 
 @router.get("/tasks", operation_id="list_tasks", response_model=TaskList, summary="List tasks, newest first",
