@@ -72,9 +72,11 @@ def dct_matrix(n_mfcc: int = N_MFCC, n_mels: int = N_MELS) -> np.ndarray:
 
 
 def mfcc(samples, device: str = "cpu"):
-    """The judge's features of a mono 16 kHz signal (1-D array or tensor): a float32 tensor (frames, 24)."""
+    """The judge's features of a mono 16 kHz signal (1-D array, or tensor: gradients flow through it): a
+    float32 tensor (frames, 24)."""
     import torch
-    wav = torch.as_tensor(np.asarray(samples, dtype=np.float32), device=device)
+    wav = samples if isinstance(samples, torch.Tensor) else torch.as_tensor(np.asarray(samples, dtype=np.float32),
+                                                                           device=device)
     spectrum = torch.stft(wav, N_FFT, HOP, N_FFT, window=torch.hamming_window(N_FFT, device=device),
                           center=True, pad_mode="constant", normalized=False, onesided=True,
                           return_complex=True).abs().pow(2).T   # (frames, freqs), power

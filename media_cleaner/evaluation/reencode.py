@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
+from ..ffmpeg_bin import SOUND_DEMUXERS, FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
 from . import EvaluationError
 
 MAX_LINES = 720
@@ -44,8 +44,8 @@ def platform_reencode(source: str | Path, target: str | Path, ffmpeg: str | None
 def aac_control(source: str | Path, target: str | Path, ffmpeg: str | None = None) -> Path:
     """The clean soundtrack of ``source`` through the re-encode's AAC alone (an .m4a at ``target``): the control
     a protected sound after the re-encode is compared with, so that the codec's own change is not counted."""
-    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *user_media_input_args(),
-            "-i", str(source), "-map", "0:a:0", "-vn", "-c:a", "aac", "-b:a", AUDIO_BITRATE, str(target)]
+    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            *user_media_input_args(SOUND_DEMUXERS), "-i", str(source), "-map", "0:a:0", "-vn", "-c:a", "aac", "-b:a", AUDIO_BITRATE, str(target)]
     try:
         run_ffmpeg(args)
     except FFmpegError as exc:

@@ -38,9 +38,9 @@ from scipy.signal import resample_poly
 from ..protection import AudioStreamInfo, torch_device
 from .frontend import HOP, PARTIAL_FRAMES, SAMPLE_RATE, TARGET_DBFS, embed_partials, istft, load_encoder, \
     partial_starts, stft
-from .losses import BudgetPenalty, EmbeddingAwayLoss, EnvelopeGuard
+from .losses import BudgetPenalty, EmbeddingAwayLoss, EnvelopeGuard, TimbreShift
 from .masking import SpectralMask
-from .transforms import default_transforms
+from .transforms import RandomFrequencyWarp, default_transforms
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ class MaskLevel:
             is then only the ceiling. 0 disables the early stop. Default: 2 (one lucky draw is not enough).
         intelligibility (float or None): target of the :class:`~.losses.EnvelopeGuard` (mean one-third-octave
             envelope correlation, STOI's core) the optimiser keeps; None leaves STOI unguarded. Default: None.
+        timbre_db (float or None): also move the speech's mean log-mel spectrum by this rms shift in dB
+            (:class:`~.losses.TimbreShift`, a term no encoder in particular defines); None: off. Default: None.
+        warp (float): model augmentation, a random stretch of the frequency axis within ±``warp`` at every
+            step (:class:`~.transforms.RandomFrequencyWarp`); 0: off. Default: 0.
+        dropout (float): model augmentation, dropout on the encoder's last hidden state at every step; 0: off.
+            Default: 0.
     """
 
     margin_db: float
@@ -66,6 +72,9 @@ class MaskLevel:
     step_size: float = 0.5
     patience: int = 2
     intelligibility: float | None = None
+    timbre_db: float | None = None
+    warp: float = 0.0
+    dropout: float = 0.0
 
 
 # Offsets of one threshold, monotone in the budget (margin_db: smaller is louder), in the target (floor:
@@ -123,12 +132,15 @@ class VoiceMask:
         self.threads = max(1, int(threads))
         self.context_s = context_s
         self.transforms = default_transforms() if transforms is None else transforms
+        if self.level.warp > 0:
+            self.transforms = (*self.transforms, RandomFrequencyWarp(self.level.warp))
         self.seed = seed
         self.cancelled = cancelled or (lambda: False)
         self.mask = SpectralMask(margin_db=self.level.margin_db)
         self.loss = EmbeddingAwayLoss(floor=self.level.floor)
         self.penalty = BudgetPenalty()
         self.guard = None if self.level.intelligibility is None else EnvelopeGuard(self.level.intelligibility)
+        self.timbre = None if self.level.timbre_db is None else TimbreShift(self.level.timbre_db)
         self._stream: _StreamState | None = None
         # Gradient steps (forward + backward passes) spent on each chunk with sound, for speed reports.
         self.steps_taken: list[int] = []
@@ -189,6 +201,7 @@ class VoiceMask:
         audible = _audible_frames(spectrum) if self.guard is not None else None
         level_gain = _preprocess_gain(clean)
         reference = self._reference(clean, speech, level_gain)
+        clean_mel = self.front_end(spectrum.abs() ** 2) if self.timbre is not None else None
 
         z_real = torch.zeros_like(bound, requires_grad=True)
         z_imag = torch.zeros_like(bound, requires_grad=True)
@@ -199,6 +212,8 @@ class VoiceMask:
             delta = istft(SpectralMask.shape(z_real, z_imag, bound), length)
             protected = clean + fixed + delta
             away = self._objective(protected, spectrum, speech, level_gain, reference)
+            if self.timbre is not None:   # on the sound as sent: an envelope shift survives the codecs
+                away = away + self.timbre(self.front_end(stft(protected).abs() ** 2), clean_mel, speech)
             if self.level.patience and float(away.detach()) <= 0.0:
                 # Far enough under this draw of the transforms: no backward pass and no update (a step of
                 # the budget penalty alone would only shrink z by a whole radius). Stop after ``patience``
@@ -246,7 +261,7 @@ class VoiceMask:
         mel = self.front_end(power)
         offset = int(torch.randint(0, PARTIAL_FRAMES, (1,), generator=generator, device=generator.device))
         starts = partial_starts(mel.shape[0], offset)
-        embeddings = embed_partials(self.encoder, mel, starts)
+        embeddings = embed_partials(self.encoder, mel, starts, self.level.dropout, generator)
         return self.loss(embeddings, reference, _window_weights(speech, starts))
 
     @torch.no_grad()

@@ -39,6 +39,38 @@ class EmbeddingAwayLoss:
 
 
 @dataclass(frozen=True)
+class TimbreShift:
+    """Move the voice's average spectral envelope: an architecture-agnostic term beside the encoder's own.
+
+    Every speaker model pools statistics of a spectral-envelope feature over time (mel bands, MFCCs), so a
+    consistent shift of the mean log-mel spectrum of the speech moves them all a little, whatever their
+    network. The term costs ``weight · max(0, target_db − rms(mean log-mel difference))``: the shift, in dB
+    averaged over the bands, is pushed up to ``target_db`` and no further.
+
+    Arguments:
+        target_db (float): rms shift of the speech's mean log-mel spectrum to reach. Default: 1.5.
+        weight (float): relative to the embedding loss (a cosine), per dB. Default: 0.2.
+
+    Shape:
+        mel, clean_mel: mel power (frames, bands); speech: (frames,) 0/1. Returns a scalar.
+    """
+
+    target_db: float = 1.5
+    weight: float = 0.2
+
+    def shift_db(self, mel: torch.Tensor, clean_mel: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+        frames = min(mel.shape[0], clean_mel.shape[0], speech.shape[0])
+        weights = speech[:frames] / speech[:frames].sum().clamp_min(1.0)
+        log_mel = 10 * torch.log10(mel[:frames] + 1e-10)
+        clean_log = 10 * torch.log10(clean_mel[:frames] + 1e-10)
+        difference = (weights[:, None] * (log_mel - clean_log)).sum(0)
+        return torch.sqrt((difference ** 2).mean() + 1e-12)
+
+    def __call__(self, mel: torch.Tensor, clean_mel: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.relu(self.target_db - self.shift_db(mel, clean_mel, speech))
+
+
+@dataclass(frozen=True)
 class BudgetPenalty:
     """Prefer the smallest perturbation that does the job: ``weight · mean(tanh(|z|)²)``, the mean squared
     fraction of the masking bound in use (0 = no perturbation, 1 = every bin at its bound).
