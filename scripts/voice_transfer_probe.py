@@ -9,11 +9,14 @@ clean utterance through the same AAC (the control). Quality: PESQ-WB and STOI af
 compute per second of audio.
 
     .venv/bin/python scripts/voice_transfer_probe.py /tmp/speech18 --variant weak \\
-        --variant warp:weak,warp=0.1,dropout=0.2 --variant timbre:weak,timbre_db=1.5
+        --variant no_timbre:weak,timbre_db=none --variant timbre3:weak,timbre_db=3
 
 ``--surrogate se_res2net50`` runs the other direction, as an experiment: the same mask optimised against the
 SE-Res2Net50 network instead of Resemblyzer (Resemblyzer then is the black box). The engine itself never
 does this: only this script swaps the surrogate.
+
+(The model-augmentation variants, ``warp`` and ``dropout``, were measured with this script at commit 5de8dc4 and
+then removed: they did not move the black-box figure.)
 
 A variant is ``NAME:BASE,field=value,...`` (fields of :class:`~media_cleaner.voice_mask.MaskLevel`, the rest from
 the shipped level BASE) or just a shipped level's name. The speech is read where it is and never copied.

@@ -18,7 +18,7 @@ from media_cleaner.pipeline import protect_video
 from media_cleaner.protection import AudioStreamInfo, build_protectors
 from media_cleaner.voice_mask import LEVELS, MaskLevel, VoiceMask
 from media_cleaner.voice_mask.frontend import MelFrontEnd, PARTIAL_FRAMES, SAMPLE_RATE, load_encoder, stft
-from media_cleaner.voice_mask.losses import EnvelopeGuard
+from media_cleaner.voice_mask.losses import EnvelopeGuard, TimbreShift
 
 # First three formants (Hz) of a few vowels, and their bandwidths.
 VOWELS = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (640, 1190, 2390)]
@@ -170,6 +170,32 @@ def test_intelligibility_target_keeps_the_envelopes():
         protected = torch.as_tensor(run_mask(wave, SAMPLE_RATE, level)[:, 0])
         correlation[target] = float(guard.correlation(clean, stft(protected), speech))
     assert correlation[0.995] > correlation[None], correlation
+
+
+def test_timbre_shift_measures_the_mean_envelope_move():
+    clean = torch.rand((200, 40), generator=torch.Generator().manual_seed(6)) + 0.1   # mel power (frames, bands)
+    speech = torch.ones(clean.shape[0])
+    term = TimbreShift(target_db=2.0, weight=0.2)
+    assert float(term.shift_db(clean, clean, speech)) == pytest.approx(0.0, abs=1e-3)
+    assert float(term(clean, clean, speech)) == pytest.approx(0.4, abs=1e-3)   # nothing moved: full cost
+    louder = clean * 10 ** 0.3   # +3 dB in every band: the mean envelope moved by 3 dB, past the target
+    assert float(term.shift_db(louder, clean, speech)) == pytest.approx(3.0, abs=1e-3)
+    assert float(term(louder, clean, speech)) == 0.0
+
+
+def test_the_timbre_term_moves_the_envelope_more_than_the_encoder_alone():
+    wave = synthetic_speech(3.0, seed=7)[:, None]
+    front_end, term = MelFrontEnd(), TimbreShift()
+    clean = front_end.from_wave(torch.as_tensor(wave[:, 0]))
+    speech = torch.ones(clean.shape[0])
+    shift = {}
+    for timbre in (None, 3.0):
+        level = MaskLevel(margin_db=7.0, steps=6, floor=0.0, patience=0, timbre_db=timbre)
+        protected = torch.as_tensor(run_mask(wave, SAMPLE_RATE, level)[:, 0])
+        shift[timbre] = float(term.shift_db(front_end.from_wave(protected), clean, speech))
+    assert shift[3.0] > shift[None] + 0.2, shift
+    assert [LEVELS[name].timbre_db for name in ("weak", "medium", "strong")] == sorted(
+        LEVELS[name].timbre_db for name in ("weak", "medium", "strong"))
 
 
 def test_build_protectors_puts_the_voice_mask_on_the_audio_seam():

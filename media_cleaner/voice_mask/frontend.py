@@ -88,21 +88,10 @@ def partial_starts(frames: int, offset: int, stride: int = PARTIAL_FRAMES) -> li
     return starts or [last]
 
 
-def embed_partials(encoder: nn.Module, mel: torch.Tensor, starts: list[int], dropout: float = 0.0,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def embed_partials(encoder: nn.Module, mel: torch.Tensor, starts: list[int]) -> torch.Tensor:
     """L2-normalised embeddings (len(starts), 256) of the partial windows of ``mel`` (frames, 40),
-    zero-padded at the end when the span is shorter than one window.
-
-    ``dropout`` > 0 drops that share of the LSTM's last hidden state before the projection (drawn from
-    ``generator``): model augmentation, so the attack cannot lean on a few of this encoder's units."""
+    zero-padded at the end when the span is shorter than one window."""
     if mel.shape[0] < PARTIAL_FRAMES:
         mel = torch.nn.functional.pad(mel, (0, 0, 0, PARTIAL_FRAMES - mel.shape[0]))
     batch = torch.stack([mel[start:start + PARTIAL_FRAMES] for start in starts])
-    if dropout <= 0:
-        return encoder(batch)
-    # Resemblyzer's forward, with the dropout between the LSTM and the projection.
-    _, (hidden, _) = encoder.lstm(batch)
-    last = hidden[-1]
-    keep = (torch.rand(last.shape, generator=generator, device=generator.device) >= dropout).to(last.dtype)
-    raw = torch.relu(encoder.linear(last * keep / (1 - dropout)))
-    return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return encoder(batch)

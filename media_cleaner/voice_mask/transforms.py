@@ -80,27 +80,6 @@ class RandomGain:
         return power * 10 ** (gain_db / 10)
 
 
-@dataclass(frozen=True)
-class RandomFrequencyWarp:
-    """Stretch or squeeze the frequency axis by a random factor within ±``max_ratio`` (linear interpolation
-    between bins): model augmentation. Speaker encoders differ in their filterbanks (40 mel bands here, 24
-    MFCCs of 44 bands, 80-band fbanks elsewhere); a perturbation that works through slightly moved filters
-    relies less on this encoder's exact bands. Default: 10 %."""
-
-    max_ratio: float = 0.10
-    stage = "power"
-
-    def __call__(self, power: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        ratio = 1 + (2 * float(torch.rand((1,), generator=generator, device=generator.device)) - 1) * self.max_ratio
-        bins = power.shape[-2]
-        source = torch.arange(bins, device=power.device, dtype=power.dtype) / ratio
-        low = source.floor().clamp(0, bins - 1).long()
-        high = (low + 1).clamp(max=bins - 1)
-        weight = (source - low).clamp(0, 1).unsqueeze(-1)
-        warped = power[..., low, :] * (1 - weight) + power[..., high, :] * weight
-        return torch.where((source <= bins - 1).unsqueeze(-1), warped, torch.zeros_like(warped))
-
-
 def default_transforms() -> tuple:
     """The chain the engine optimises through: delay, AAC model, low-pass, gain."""
     return (RandomDelay(), AacQuantisationNoise(), RandomLowPass(), RandomGain())
