@@ -21,7 +21,7 @@ DEFAULT_AUDIO_LEVEL = "weak"
 # Presets for people who do not want to think in epsilons: measured points of the epsilon × strength curve
 # (EVALUATION.md, "Identity cloak"). invisible: the default, identity protection (a fine texture that shows
 # only when enlarged side by side); balanced: stronger identity protection, a visible wrinkle-like texture;
-# strong: hides the face from most detectors instead, plainly blotchy.
+# strong: hides the face from detectors instead (MTCNN in about three frames of four, others less), plainly blotchy.
 PRESETS = {"invisible": (0.12, 1.0), "balanced": (0.16, 1.5), "strong": (0.20, 2.0)}
 
 AUDIO_LEVELS = ("none", "weak", "medium", "strong")

@@ -36,7 +36,7 @@ UPLOAD_FORM_SCHEMA = {
         "protection": {"type": "string", "enum": list(PRESETS), "default": "invisible",
                        "description": "A preset: invisible (identity protection, hard to see), balanced "
                                       "(stronger identity protection, a visible texture on the face), strong "
-                                      "(hides the face from most detectors; plainly visible). Sets epsilon "
+                                      "(hides the face from detectors, MTCNN most; plainly visible). Sets epsilon "
                                       "and video_strength; either given explicitly wins"},
         "epsilon": {"type": "number", "minimum": EPSILON_RANGE[0], "maximum": EPSILON_RANGE[1], "default": 0.12,
                     "description": "L∞ cap of the frame perturbation in the [-1, 1] range (0.12 → ±15 of 255 levels)"},

@@ -14,13 +14,13 @@ window.MC_STRINGS = {
     preset_legend: "How strong?",
     preset_invisible: "Invisible (default)",
     preset_invisible_why: "Hard to see (picture quality VMAF 92 of 100). Moves the face's identity a little: " +
-      "an independent face recognizer still matched the person in 97 % of frames in our tests.",
+      "an independent face recognizer still matched the person in 93–97 % of frames in our tests.",
     preset_balanced: "Balanced",
     preset_balanced_why: "A faint texture on the face (VMAF 85). An independent recognizer matched the " +
-      "person in about half the frames (47 %), but still in every clip as a whole.",
+      "person in about half the frames (48 %), but still in every clip as a whole.",
     preset_strong: "Strong",
-    preset_strong_why: "Plainly visible mottling on the face (VMAF about 70). Hides the face from most face " +
-      "detectors (about 70 % of frames).",
+    preset_strong_why: "Plainly visible mottling on the face (VMAF about 60). Hides the face from some face " +
+      "detectors: 30–76 % of frames, depending on the detector (one of five still finds every face).",
     advanced: "Advanced settings", advanced_hint: "Leave a field empty to use the preset.",
     epsilon: "Perturbation cap, epsilon ({min}–{max})", video_strength: "Strength ({min}–{max})",
     every_n_frames: "Optimise every N-th frame ({min}–{max})", audio_level: "Voice mask",
@@ -86,13 +86,13 @@ window.MC_STRINGS = {
     preset_legend: "Насколько сильно?",
     preset_invisible: "Незаметно (по умолчанию)",
     preset_invisible_why: "Почти не видно (качество картинки VMAF 92 из 100). Немного сдвигает личность лица: " +
-      "независимая система распознавания в наших тестах всё ещё узнала человека в 97 % кадров.",
+      "независимая система распознавания в наших тестах всё ещё узнала человека в 93–97 % кадров.",
     preset_balanced: "Сбалансированно",
     preset_balanced_why: "Лёгкая текстура на лице (VMAF 85). Независимая система узнала человека примерно в " +
-      "половине кадров (47 %), но по ролику в целом — всё ещё в каждом.",
+      "половине кадров (48 %), но по ролику в целом — всё ещё в каждом.",
     preset_strong: "Сильно",
-    preset_strong_why: "Хорошо заметная пятнистость на лице (VMAF около 70). Прячет лицо от большинства " +
-      "детекторов лиц (около 70 % кадров).",
+    preset_strong_why: "Хорошо заметная пятнистость на лице (VMAF около 60). Прячет лицо от части детекторов " +
+      "лиц: 30–76 % кадров в зависимости от детектора (один из пяти всё равно находит каждое лицо).",
     advanced: "Дополнительные настройки", advanced_hint: "Оставьте поле пустым, чтобы взять значение пресета.",
     epsilon: "Предел возмущения, epsilon ({min}–{max})", video_strength: "Сила ({min}–{max})",
     every_n_frames: "Оптимизировать каждый N-й кадр ({min}–{max})", audio_level: "Маска голоса",
