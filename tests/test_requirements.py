@@ -19,7 +19,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-import media_factory as mf
+from support import media_factory as mf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +29,10 @@ import json, site, sys
 from pathlib import Path
 site.addsitedir(sys.argv[2])
 
-from media_cleaner.jobs import Job, run_job
+from media_cleaner.service.queue.jobs import Job, run_job
 from media_cleaner.params import ProtectionParams
-from media_cleaner.pipeline import CancelToken
-from media_cleaner.protection import build_protectors
+from media_cleaner.media.pipeline import CancelToken
+from media_cleaner.protection.registry import build_protectors
 
 work = Path(sys.argv[1])
 job = Job(task_id="t", input_path=work / "clip.mp4", output_path=work / "out.mp4", params=ProtectionParams(),

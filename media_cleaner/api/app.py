@@ -9,13 +9,13 @@ from fastapi.routing import APIRoute
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from .. import __version__
-from ..config import Settings
-from ..service import MediaCleanerService
-from . import downloads, reports, system, tasks, uploads
-from .deps import get_current_user
-from .errors import error_responses, install_error_handlers
-from .page import install_page
+from media_cleaner import __version__
+from media_cleaner.config import Settings
+from media_cleaner.service.core import MediaCleanerService
+from media_cleaner.api.routes import downloads, reports, system, tasks, uploads
+from media_cleaner.api.deps import get_current_user
+from media_cleaner.api.errors import error_responses, install_error_handlers
+from media_cleaner.api.page import install_page
 
 DESCRIPTION = """Media Cleaner returns a **protected** copy of a video: the faces in its frames carry a small
 adversarial perturbation against face detectors (the face cloak), and the voice in its soundtrack an

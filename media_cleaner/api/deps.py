@@ -17,10 +17,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, Security
 from fastapi.security import APIKeyHeader
 
-from ..auth import Principal
-from ..models import Task
-from ..service import MediaCleanerService
-from ..store import TaskNotFound
+from media_cleaner.service.auth import Principal
+from media_cleaner.service.tasks import Task
+from media_cleaner.service.core import MediaCleanerService
+from media_cleaner.service.store.json_store import TaskNotFound
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Your API key (only when the server has keys configured)")

@@ -26,7 +26,7 @@ ERROR_RESPONSES = {
 
 
 def error_responses(*codes: int) -> dict:
-    from ..models import ErrorBody
+    from media_cleaner.service.tasks import ErrorBody
     return {code: {**ERROR_RESPONSES[code], "model": ErrorBody} for code in codes}
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import EvaluationError
-from .judges import INSTALL_HINT
+from media_cleaner.evaluation import EvaluationError
+from media_cleaner.evaluation.judges import INSTALL_HINT
 
 JUDGE_INSTALL_HINT = ".venv/bin/pip install --no-deps --require-hashes -r requirements-judges.txt"
 

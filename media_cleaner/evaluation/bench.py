@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..config import Settings
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
-from ..params import ProtectionParams
-from ..pipeline import protect_video
-from ..protection import build_protectors
-from . import EvaluationError
-from .dataset import pass_through_protectors
-from .media import probe
+from media_cleaner.config import Settings
+from media_cleaner.media.ffmpeg import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
+from media_cleaner.params import ProtectionParams
+from media_cleaner.media.pipeline import protect_video
+from media_cleaner.protection.registry import build_protectors
+from media_cleaner.evaluation import EvaluationError
+from media_cleaner.evaluation.dataset import pass_through_protectors
+from media_cleaner.evaluation.media import probe
 
 
 def plain_reencode_command(source: Path, target: Path, settings: Settings, threads: int, ffmpeg: str) -> list[str]:
@@ -59,7 +59,7 @@ def bench(source: str | Path, params: ProtectionParams, *, runs: int = 3, thread
         for run in range(runs):
             def protect():
                 start = time.monotonic()
-                protect_video(source, work / "protected.mp4", params, protectors=protectors, info=info,
+                protect_video(source, work / "protected.mp4", protectors, info=info,
                               temp_dir=work / "tmp", threads=threads, crf=settings.video_crf,
                               preset=settings.video_preset, audio_bitrate=settings.audio_bitrate, ffmpeg=ffmpeg)
                 protect_times.append(time.monotonic() - start)

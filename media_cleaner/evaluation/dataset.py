@@ -2,7 +2,7 @@
 
 This is how the engines' figures are produced and compared, one command. Every video in the folder (and
 its sub-folders) is protected with the given settings through the service's own pipeline
-(:func:`~media_cleaner.pipeline.protect_video` with :func:`~media_cleaner.protection.build_protectors`
+(:func:`~media_cleaner.media.pipeline.protect_video` with :func:`~media_cleaner.protection.build_protectors`
 and the server's default encoder settings), then scored with :func:`.evaluate.evaluate_pair`. A folder of
 speech files instead gets each file wrapped in a still grey video first, so the same pipeline and the same
 figures apply (the video figures of a still frame without a face are then empty), and each utterance's
@@ -17,21 +17,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import SUPPORTED_VIDEO_FORMATS, Settings
-from ..ffmpeg_bin import SOUND_DEMUXERS, FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
-from ..params import ProtectionParams
-from ..pipeline import protect_video
-from ..probe import MediaError
-from ..protection import (
-    PassThroughAudio,
-    PassThroughVideo,
-    Protectors,
-    build_protectors,
+from media_cleaner.config import SUPPORTED_VIDEO_FORMATS, Settings
+from media_cleaner.media.ffmpeg import (
+    SOUND_DEMUXERS,
+    FFmpegError,
+    find_ffmpeg,
+    run_ffmpeg,
+    user_media_input_args,
 )
-from . import EvaluationError
-from .evaluate import DEFAULT_CNN_FRAMES, DEFAULT_FRAMES, DETECTOR_ORDER, evaluate_pair
-from .purification import PURIFICATIONS
-from .voice import SPEECH_SUFFIXES
+from media_cleaner.params import ProtectionParams
+from media_cleaner.media.pipeline import protect_video
+from media_cleaner.media.probe import MediaError
+from media_cleaner.protection.seams import PassThroughAudio, PassThroughVideo, Protectors
+from media_cleaner.protection.registry import build_protectors
+from media_cleaner.evaluation import EvaluationError
+from media_cleaner.evaluation.evaluate import (
+    DEFAULT_CNN_FRAMES,
+    DEFAULT_FRAMES,
+    DETECTOR_ORDER,
+    evaluate_pair,
+)
+from media_cleaner.evaluation.purification import PURIFICATIONS
+from media_cleaner.evaluation.voice import SPEECH_SUFFIXES
 
 STILL_SIZE = "320x240"
 
@@ -199,7 +206,7 @@ def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = 
                 protected = work / f"{number}_protected.mp4"
                 t0 = time.monotonic()
                 protectors = make_protectors(params, threads)
-                protect_video(original, protected, params, protectors=protectors, temp_dir=work / "tmp",
+                protect_video(original, protected, protectors, temp_dir=work / "tmp",
                               threads=threads, crf=settings.video_crf, preset=settings.video_preset,
                               audio_bitrate=settings.audio_bitrate, ffmpeg=ffmpeg)
                 entry["protect_seconds"] = round(time.monotonic() - t0, 2)

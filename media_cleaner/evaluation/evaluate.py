@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ffmpeg_bin import find_ffmpeg
-from . import EvaluationError
-from .judges import DETECTORS, MATCH_DISTANCE, Box, best_match, detector, embedder
-from .media import (
+from media_cleaner.media.ffmpeg import find_ffmpeg
+from media_cleaner.evaluation import EvaluationError
+from media_cleaner.evaluation.judges import DETECTORS, MATCH_DISTANCE, Box, best_match, detector, embedder
+from media_cleaner.evaluation.media import (
     even_indices,
     matching_indices,
     probe,
@@ -39,10 +39,15 @@ from .media import (
     read_frames,
     require_file,
 )
-from .metrics import audio_quality, face_flicker, face_ssim, video_quality
-from .purification import FRAME_PURIFICATIONS, PURIFICATIONS, hqdn3d_video, purify_frames
-from .reencode import aac_control, platform_reencode, reencode_command
-from .voice import (
+from media_cleaner.evaluation.metrics import audio_quality, face_flicker, face_ssim, video_quality
+from media_cleaner.evaluation.purification import (
+    FRAME_PURIFICATIONS,
+    PURIFICATIONS,
+    hqdn3d_video,
+    purify_frames,
+)
+from media_cleaner.evaluation.reencode import aac_control, platform_reencode, reencode_command
+from media_cleaner.evaluation.voice import (
     MATCH_THRESHOLD,
     RATE,
     SPEAKER_JUDGES,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import EvaluationError
+from media_cleaner.evaluation import EvaluationError
 
 INSTALL_HINT = "install the evaluation requirements: .venv/bin/pip install -r requirements-eval.txt"
 # The face_recognition library's default: two faces closer than this are the same person.

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ffmpeg_bin import SOUND_DEMUXERS, capture_ffmpeg, error_reason, find_ffmpeg, user_media_input_args
-from ..probe import MediaInfo, probe_media
-from . import EvaluationError
+from media_cleaner.media.ffmpeg import (
+    SOUND_DEMUXERS,
+    capture_ffmpeg,
+    error_reason,
+    find_ffmpeg,
+    user_media_input_args,
+)
+from media_cleaner.media.probe import MediaInfo, probe_media
+from media_cleaner.evaluation import EvaluationError
 
 
 def require_file(path: str | Path, what: str) -> Path:

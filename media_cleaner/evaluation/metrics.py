@@ -13,11 +13,11 @@ import subprocess
 
 import numpy as np
 
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
-from ..probe import MediaInfo
-from . import EvaluationError
-from .judges import Box
-from .media import luma
+from media_cleaner.media.ffmpeg import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
+from media_cleaner.media.probe import MediaInfo
+from media_cleaner.evaluation import EvaluationError
+from media_cleaner.evaluation.judges import Box
+from media_cleaner.evaluation.media import luma
 
 AUDIO_RATE = 16000
 # PESQ and STOI are defined on utterances; a long soundtrack is scored on its first two minutes.

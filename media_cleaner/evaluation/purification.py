@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ffmpeg_bin import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
-from . import EvaluationError
+from media_cleaner.media.ffmpeg import FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
+from media_cleaner.evaluation import EvaluationError
 
 JPEG_QUALITY = 75
 BLUR_SIGMA = 1.0

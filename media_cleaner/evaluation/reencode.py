@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..ffmpeg_bin import SOUND_DEMUXERS, FFmpegError, find_ffmpeg, run_ffmpeg, user_media_input_args
-from . import EvaluationError
+from media_cleaner.media.ffmpeg import (
+    SOUND_DEMUXERS,
+    FFmpegError,
+    find_ffmpeg,
+    run_ffmpeg,
+    user_media_input_args,
+)
+from media_cleaner.evaluation import EvaluationError
 
 MAX_LINES = 720
 CRF = 28

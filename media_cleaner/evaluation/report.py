@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ffmpeg_bin import find_ffmpeg
-from ..protection import import_model_packages
-from . import EvaluationError, json_safe
-from .evaluate import _detection, _Originals
-from .media import even_indices, luma, probe, read_audio, read_frames_at
-from .metrics import frame_ssim
+from media_cleaner.media.ffmpeg import find_ffmpeg
+from media_cleaner.protection.torch_env import import_model_packages
+from media_cleaner.evaluation import EvaluationError, json_safe
+from media_cleaner.evaluation.evaluate import _detection, _Originals
+from media_cleaner.evaluation.media import even_indices, luma, probe, read_audio, read_frames_at
+from media_cleaner.evaluation.metrics import frame_ssim
 
 SAMPLE_FRAMES = 4          # frames measured, all shown on the sheet
 SHEET_FRAMES = 4
@@ -39,18 +39,14 @@ def warm_up() -> None:
 
     Loading them cold costs far more than measuring (imports of torch and the weights)."""
     import_model_packages()
-    from .judges import detector
-    from .voice import encoder
-    from ..face_cloak.recognizer import RecognizerMissing, load_recognizer
+    from media_cleaner.evaluation.judges import detector
+    from media_cleaner.evaluation.voice import encoder
+    from media_cleaner.protection.face_cloak.recognizer import RecognizerMissing, load_recognizer
     for load in (lambda: detector("mtcnn"), encoder, load_recognizer):
         try:
             load()
         except (EvaluationError, RecognizerMissing):
             pass
-
-
-def preview_file_name(task_id: str) -> str:
-    return f"{task_id}_preview.png"
 
 
 def _times(info, count: int) -> list[float]:
@@ -67,7 +63,7 @@ def _psnr_ssim(originals: list[np.ndarray], protected: list[np.ndarray]) -> tupl
 
 
 def _speaker(input_path, output_path, ffmpeg, cancel) -> dict:
-    from .voice import MATCH_THRESHOLD, RATE, encoder, similarity
+    from media_cleaner.evaluation.voice import MATCH_THRESHOLD, RATE, encoder, similarity
     original = read_audio(input_path, RATE, ffmpeg, AUDIO_SECONDS, cancel)
     protected = read_audio(output_path, RATE, ffmpeg, AUDIO_SECONDS, cancel)
     if original is None or protected is None:
@@ -93,8 +89,8 @@ def _identity(judged: _Originals, protected: list[np.ndarray]) -> dict:
     """The identity cloak's own judge (white box): FaceNet's distance between each original face and the same
     place in the protected frame, on the largest face MTCNN found in the original (``judged``'s boxes)."""
     import torch
-    from ..face_cloak.losses import face_chips
-    from ..face_cloak.recognizer import RecognizerMissing, load_recognizer
+    from media_cleaner.protection.face_cloak.losses import face_chips
+    from media_cleaner.protection.face_cloak.recognizer import RecognizerMissing, load_recognizer
     if judged.boxes.get("mtcnn") is None:
         return {"note": judged.notes.get("mtcnn", "MTCNN unavailable")}
     try:
@@ -156,19 +152,20 @@ def write_png(image: np.ndarray, path: Path) -> None:
 
 def build_task_report(input_path: str | Path, output_path: str | Path, preview_path: str | Path, *,
                       protect_seconds: float, ffmpeg: str | None = None, cancel=None,
-                      progress=None) -> dict:
+                      progress=None, original_info=None) -> dict:
     """Measure the task's cheap figures and write its sheet to ``preview_path``; the report (JSON-safe).
 
     ``cancel`` (the task's CancelToken) stops it between steps and kills its ffmpeg children; the caller
-    handles :class:`~media_cleaner.pipeline.TaskCancelled`. Other failures raise; the worker records them
+    handles :class:`~media_cleaner.media.pipeline.TaskCancelled`. Other failures raise; the worker records them
     in the report instead of failing the task. ``progress`` receives a growing fraction in [0, 1] between
-    the steps.
+    the steps. ``original_info``: the input's probe, when the caller has it already.
     """
     started = time.monotonic()
     progress = progress or (lambda fraction: None)
     import_model_packages()   # not concurrently with the engines' own imports (see there)
     ffmpeg = find_ffmpeg(ffmpeg)
-    original_info, protected_info = probe(input_path, ffmpeg), probe(output_path, ffmpeg)
+    original_info = original_info or probe(input_path, ffmpeg)
+    protected_info = probe(output_path, ffmpeg)
     times = _times(original_info, SAMPLE_FRAMES)
     originals = read_frames_at(input_path, times, original_info, ffmpeg, cancel)
     protected = read_frames_at(output_path, times, protected_info, ffmpeg, cancel)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import EvaluationError
-from .judges import INSTALL_HINT
-from .media import read_audio
+from media_cleaner.evaluation import EvaluationError
+from media_cleaner.evaluation.judges import INSTALL_HINT
+from media_cleaner.evaluation.media import read_audio
 
 MATCH_THRESHOLD = 0.7235   # Resemblyzer's
 SE_RES2NET_THRESHOLD = 0.4317
@@ -82,7 +82,7 @@ class Res2NetJudge(SpeakerJudge):
     too_short = "too little sound to embed (1 s at least)"
 
     def __init__(self, device: str = "cpu") -> None:
-        from .asv_judge import Res2NetSpeakerModel
+        from media_cleaner.evaluation.asv_judge import Res2NetSpeakerModel
         self._model = Res2NetSpeakerModel(device)
 
     def embed(self, samples: np.ndarray) -> np.ndarray | None:

@@ -1,0 +1,212 @@
+"""Projected-gradient attacks on the surrogate, on a small shared base (the shape of torchattacks).
+
+:class:`Attack` owns what every attack shares: the surrogate in eval mode, the device, the cancellation
+check and a ``__repr__`` that lists the parameters. :class:`CloakPGD` is the face cloak's optimiser.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from media_cleaner.protection.face_cloak.losses import CloakLoss, IdentityTarget, structural_dissimilarity
+from media_cleaner.protection.face_cloak.masks import perceptual_budget, ycbcr_to_rgb
+from media_cleaner.protection.face_cloak.surrogate import MTCNNSurrogate
+from media_cleaner.protection.face_cloak.transforms import RandomPipeline
+
+
+class Attack:
+    """Base of the attacks: holds the model, its device and an optional ``cancelled`` check.
+
+    ``cancelled`` (a callable returning True to abandon the run) is polled between optimisation steps, so
+    that a cancelled task stops within one step instead of after the whole attack.
+    """
+
+    def __init__(self, model: nn.Module, cancelled: Callable[[], bool] | None = None):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.cancelled = cancelled or (lambda: False)
+
+    def _parameters(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{key}={value!r}" for key, value in self._parameters().items())
+        return f"{type(self).__name__}({items})"
+
+
+@dataclass
+class AttackResult:
+    """What :meth:`CloakPGD.__call__` returns for B crops.
+
+    delta_rgb: (B, 3, H, W) RGB perturbation in [-1, 1] units, |δ| ≤ epsilon × mask everywhere;
+    delta_ycbcr: (B, 3, H, W) the optimiser's variable, to warm-start the next keyframe;
+    detection_loss: (B,) the objective at the end without the visibility terms (the weighted detection and
+        identity losses; lower: better protected);
+    steps: the steps actually taken (fewer on early success or cancellation).
+    """
+
+    delta_rgb: torch.Tensor
+    delta_ycbcr: torch.Tensor
+    detection_loss: torch.Tensor
+    steps: int
+
+
+class CloakPGD(Attack):
+    """Projected gradient descent under a perceptual L∞ budget, with expectation over transformations.
+
+    Follows Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (ICLR 2018), with
+    four departures that trade saturation for invisibility:
+
+    - the variable is the perturbation in YCbCr, projected onto per-pixel caps (:func:`.masks.perceptual_budget`:
+      face mask, texture masking, chroma at a fraction of luma), then onto the user's RGB cap
+      ``epsilon`` × mask;
+    - the step is the gradient normalised by its RMS (not its sign), so pixels move in proportion to how
+      much they matter and the cap is rarely reached, plus a perceptual penalty that pulls unused change back;
+    - the loss is averaged over ``eot_samples`` random journeys through :class:`.transforms.RandomPipeline`
+      (codec, resampling, blur, input diversity), so what survives is what the detectors downstream see;
+    - a visibility floor: after every step, a crop whose face-region luma dissimilarity (1 − SSIM,
+      :func:`.losses.structural_dissimilarity`) exceeds ``max_dissimilarity`` has its perturbation scaled down
+      onto it (for small changes 1 − SSIM grows with the square of the perturbation, so one rescale by
+      √(allowed / measured) lands near the floor; up to three more passes absorb where the RGB cap clips), and the returned perturbation
+      is the best one seen (lowest detection loss) among those that respected it. The floor, not the L∞
+      cap, is what keeps a close-up face from looking mottled: SSIM divides a change by the contrast the
+      face already has there.
+
+    Distance measure: L∞ (in the [-1, 1] pixel range).
+
+    Arguments:
+        model (MTCNNSurrogate): the white-box surrogate.
+        epsilon (float): L∞ cap in the [-1, 1] range (the effective ``epsilon × video_strength``). Default: 0.12.
+        steps (int): optimisation steps. Default: 20.
+        step_size (float): first step's RMS pixel move as a fraction of ``epsilon``, decayed by a cosine to a
+            tenth. Default: 0.6.
+        eot_samples (int): random transformations per step. Default: 2.
+        loss (CloakLoss): the objective. Default: ``CloakLoss()``.
+        transform (nn.Module): the random journey. Default: ``RandomPipeline()``.
+        chroma_ratio (float): Cb/Cr caps as a share of the luma cap. Default: 0.3.
+        texture_floor (float): luma cap on flat regions as a share of ``epsilon``. Default: 0.35.
+        max_dissimilarity (float | None): the visibility floor, the largest 1 − SSIM allowed inside the
+            face (pre-codec, luma, 7 × 7 window); None: no floor. Default: None.
+        structural (float): weight of the face dissimilarity (divided by ``max_dissimilarity``) in the loss,
+            so unused change is pulled back before the floor has to push. Default: 0.3.
+        recognizer (nn.Module | None): the face-recognition surrogate (:mod:`.recognizer`), for the identity
+            term of ``loss``; None: detection only. Default: None.
+        smooth (int): cell size of the variable in crop pixels: the perturbation is optimised on a grid this
+            much coarser and upsampled (bicubic) before it is applied, so that it is made of low spatial
+            frequencies — the ones that survive codecs and downscales and transfer between detectors (Guo
+            et al., "Low Frequency Adversarial Perturbation", UAI 2019), and that SSIM and VMAF, which look
+            at local structure, weigh least. 1: per pixel. Default: 1.
+        cancelled (callable | None): polled between steps; True abandons the run. Default: None.
+
+    Shapes:
+        images (B, 3, H, W) clean RGB crops in [-1, 1] (H, W multiples of 16); boxes (B, 4) face boxes in crop
+        pixels; mask (B, 1, H, W) in [0, 1]; init (B, 3, *:meth:`variable_size`) YCbCr warm start or None.
+
+    Example::
+        attack = CloakPGD(load_surrogate(), epsilon=0.12, steps=20)
+        result = attack(crops, boxes, mask)      # crops + result.delta_rgb hides the faces
+    """
+
+    def __init__(self, model: MTCNNSurrogate, epsilon: float = 0.12, steps: int = 20, step_size: float = 0.6,
+                 eot_samples: int = 2, loss: CloakLoss | None = None, transform: nn.Module | None = None,
+                 chroma_ratio: float = 0.3, texture_floor: float = 0.35, max_dissimilarity: float | None = None,
+                 structural: float = 0.3, smooth: int = 1, recognizer: nn.Module | None = None,
+                 cancelled: Callable[[], bool] | None = None):
+        super().__init__(model, cancelled)
+        self.recognizer = recognizer
+        self.max_dissimilarity, self.structural, self.smooth = max_dissimilarity, structural, max(1, int(smooth))
+        self.epsilon, self.steps, self.step_size, self.eot_samples = epsilon, steps, step_size, eot_samples
+        self.loss = loss or CloakLoss()
+        self.transform = transform or RandomPipeline()
+        self.chroma_ratio, self.texture_floor = chroma_ratio, texture_floor
+
+    def _parameters(self) -> dict:
+        return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
+                "eot_samples": self.eot_samples, "loss": self.loss, "chroma_ratio": self.chroma_ratio,
+                "texture_floor": self.texture_floor, "max_dissimilarity": self.max_dissimilarity,
+                "structural": self.structural, "smooth": self.smooth}
+
+    def variable_size(self, height: int, width: int) -> tuple[int, int]:
+        """Height and width of the optimisation variable for crops of ``height`` × ``width``."""
+        return max(1, round(height / self.smooth)), max(1, round(width / self.smooth))
+
+    def _full(self, variable: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """The YCbCr perturbation at crop resolution, inside the per-pixel ``budget``."""
+        if variable.shape[-2:] != budget.shape[-2:]:
+            variable = F.interpolate(variable, size=budget.shape[-2:], mode="bicubic", align_corners=False)
+        return torch.maximum(torch.minimum(variable, budget), -budget)
+
+    def _adversarial(self, images: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        return (images + ycbcr_to_rgb(delta).clamp(-cap, cap)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def _onto_floor(self, images: torch.Tensor, delta: torch.Tensor, budget: torch.Tensor, cap: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """Scale each crop's variable ``delta`` down until its face dissimilarity is at most
+        ``max_dissimilarity``."""
+        if self.max_dissimilarity is None:
+            return delta
+        for _ in range(4):
+            measured = structural_dissimilarity(images, self._adversarial(images, self._full(delta, budget), cap),
+                                                mask)
+            # 0.98: land just inside the floor, so that rounding to uint8 does not push it back out.
+            shrink = (0.98 * self.max_dissimilarity / measured.clamp(min=1e-12)).sqrt().clamp(max=1.0)
+            if bool((shrink >= 1.0).all()):
+                break
+            delta = delta * shrink.view(-1, 1, 1, 1)
+        return delta
+
+    def __call__(self, images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
+                 init: torch.Tensor | None = None, identity: IdentityTarget | None = None) -> AttackResult:
+        images, boxes, mask = images.to(self.device), boxes.to(self.device), mask.to(self.device)
+        if identity is not None:
+            if self.recognizer is None:
+                raise ValueError("an identity target needs the attack's recognizer")
+            identity = IdentityTarget(identity.templates.to(self.device), identity.decoys.to(self.device))
+        budget = perceptual_budget(images, mask, self.epsilon, self.chroma_ratio, self.texture_floor)
+        cap = self.epsilon * mask
+        with torch.no_grad():
+            clean_landmarks = self.model.stage_outputs(images, boxes).landmarks
+        # The variable's own caps: the budget on its grid (the exact per-pixel caps apply after upsampling).
+        coarse = budget if self.smooth == 1 else F.adaptive_avg_pool2d(budget, self.variable_size(*budget.shape[-2:]))
+        delta = torch.zeros_like(coarse) if init is None else torch.maximum(torch.minimum(init.to(coarse), coarse),
+                                                                            -coarse)
+        delta = self._onto_floor(images, delta, budget, cap, mask)
+        detection = torch.zeros(images.shape[0], device=self.device)
+        batch = images.shape[0]
+        best_delta, best_detection = delta.clone(), torch.full((batch,), float("inf"), device=self.device)
+        taken = 0
+        for step in range(self.steps):
+            if self.cancelled():
+                break
+            delta.requires_grad_(True)
+            full = self._full(delta, budget)
+            adversarial = self._adversarial(images, full, cap)
+            journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
+            detection = self.loss.protection(self.model, self.recognizer, journeys, clean_landmarks, identity,
+                                             batch)
+            total = detection + self.loss.penalties(images, adversarial, full, budget, mask,
+                                                    self.max_dissimilarity, self.structural)
+            gradient, = torch.autograd.grad(total.sum(), delta)
+            with torch.no_grad():
+                # ``delta`` respected the floor when it was scored: remember the best one of each crop.
+                better = detection < best_detection
+                best_detection = torch.where(better, detection.detach(), best_detection)
+                best_delta = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best_delta)
+                rms = gradient.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp(min=1e-12)
+                progress = step / max(1, self.steps - 1)
+                alpha = self.step_size * self.epsilon * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+                delta = torch.maximum(torch.minimum(delta - alpha * gradient / rms, coarse), -coarse)
+                delta = self._onto_floor(images, delta, budget, cap, mask)
+            taken += 1
+        delta = best_delta if taken else delta.detach()
+        detection = best_detection if taken else detection
+        with torch.no_grad():
+            delta_rgb = ycbcr_to_rgb(self._full(delta, budget)).clamp(-cap, cap)
+        return AttackResult(delta_rgb=delta_rgb, delta_ycbcr=delta.detach(), detection_loss=detection.detach(),
+                            steps=taken)

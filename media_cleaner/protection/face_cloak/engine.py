@@ -1,0 +1,322 @@
+"""`FaceCloak`: the face cloak behind the pipeline's video seam (:class:`~media_cleaner.protection.VideoProtector`).
+
+Per frame (upright uint8 RGB, one at a time, in order):
+
+1. decide whether it is a keyframe: the first frame, every ``every_n_frames``-th frame since the last one,
+   a scene cut, or a frame where a tracked face was lost (:mod:`.tracker`);
+2. on a keyframe, find the faces with MTCNN on the clean frame, cut a square crop around each, resampled so
+   the face is ``crop_face_px`` wide (the resolution the detectors see it at, whatever the video's size), and
+   optimise all crops as one batch with :class:`~.attack.CloakPGD` — cold for a new face, warm-started from
+   its track's last perturbation for a known one;
+3. on any other frame, move each face's latest perturbation with its tracked box;
+4. resample each crop's perturbation back to the frame, add it, round to uint8. Frames without faces are
+   returned untouched (the same array).
+
+The budget is ``epsilon × video_strength`` and the effort (steps) is multiplied by ``video_strength``.
+Torch uses ``threads`` threads (the worker's share of the cores) on ``device``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from media_cleaner.params import DEFAULT_EPSILON, EPSILON_RANGE, VIDEO_STRENGTH_RANGE, ProtectionParams
+from media_cleaner.protection.seams import VideoStreamInfo
+from media_cleaner.protection.face_cloak.attack import CloakPGD
+from media_cleaner.protection.face_cloak.losses import IdentityTarget
+from media_cleaner.protection.face_cloak.losses import CloakLoss, face_chips
+from media_cleaner.protection.face_cloak.masks import face_mask
+from media_cleaner.protection.face_cloak.recognizer import load_recognizer
+from media_cleaner.protection.face_cloak.surrogate import load_surrogate
+from media_cleaner.protection.face_cloak.tracker import FaceTrack, SceneCutDetector, iou
+
+# Decoys are drawn from this seed and the person's number in the clip: the same clip gets the same decoys.
+DECOY_SEED = 20261201
+
+# The largest budget a user can ask for (epsilon × video_strength at their maxima): the visibility floor's
+# second anchor (CloakConfig.strongest_face_dissimilarity).
+STRONGEST_BUDGET = EPSILON_RANGE[1] * VIDEO_STRENGTH_RANGE[1]
+
+
+@dataclass(frozen=True)
+class CloakConfig:
+    """Engine settings that are not user parameters (defaults tuned on the dev set; see EVALUATION.md).
+
+    crop_face_px: face width in the attack crop, pixels (MTCNN's R/O-Nets see 24/48 px; Haar and dlib work
+        at 20–80 px faces). crop_side: side of the square attack crop, a multiple of 16 (face plus context).
+    mask_margin: the face mask's half-axes as a multiple of the face box's; whole_crop: perturb the whole
+        crop around each face instead of the feathered face mask.
+    cold_steps / warm_steps: optimisation steps for a new face / a tracked face at video_strength 1.
+    eot_samples: random transformations per step. (15 / 6 / 1 score the same as 30 / 12 / 2 on the
+        dev keyframes, because the visibility floor, not the effort, limits the attack; EVALUATION.md.)
+    chroma_ratio, texture_floor: see :mod:`.masks`.
+    perceptual: weight of the perceptual energy penalty.
+    face_dissimilarity / strongest_face_dissimilarity: the visibility floor (largest 1 − luma SSIM inside the
+        face, :class:`~.attack.CloakPGD` ``max_dissimilarity``) at the default budget ``epsilon ×
+        video_strength`` = DEFAULT_EPSILON and at the strongest one the user can pick (0.20 × 2 = 0.40). In
+        between and below it follows the power law through those two points (budget^1.8 with the defaults;
+        1 − SSIM of a small change grows with its square), so every setting has its own floor and a stronger
+        one is always a looser one (budget 0.04 → 0.0049, 0.08 → 0.015, 0.12 → 0.03, 0.20 → 0.070,
+        0.24 → 0.095, 0.40 → 0.22). The anchors were measured (EVALUATION.md "Identity cloak"): 0.03 keeps the
+        identity cloak's default at VMAF 92.9 and face SSIM 0.95 on a dev clip (the detection cloak's 0.015
+        gave VMAF 90.7 with nothing gained), and 0.22 keeps 0.20 × 2 where it hid most faces (about 70 %
+        black-box protection). Capped at ``max_face_dissimilarity``.
+    structural: weight of the face dissimilarity in the loss (see :class:`~.attack.CloakPGD`).
+    smooth: cell size of the optimisation variable in crop pixels (:class:`~.attack.CloakPGD`); 1 is per
+        pixel. Low-frequency variables (4, 8) did not beat per-pixel ones at equal visibility on the dev
+        keyframes (EVALUATION.md), so they stay an option.
+    scene_cut_threshold: see :class:`.tracker.SceneCutDetector`.
+    detect / identity: weights of the detection terms (hide the face from MTCNN) and of the identity term
+        (the FaceNet surrogate embeds the face as the person's decoy, :func:`.losses.identity_loss`); 0 turns
+        a term off (identity 0: the recognizer is not loaded). The identity weight is large because the
+        visibility terms are in other units: at 1 the perceptual and structural penalties held the white-box
+        distance at 0.57 on a dev keyframe, at 20 it reaches 1.16 under the same floor (EVALUATION.md).
+    detect_from_budget: the effective budget (epsilon × strength) from which the cloak hides faces from
+        detectors instead of changing their identity. Below it the detection terms spent the budget without
+        hiding faces (3 % black-box protection at 0.12), so those settings put it all into identity; at
+        0.20 × 2 detection alone hid 69–72 % of faces and left 7 % identity matches, where the identity term
+        (weight 20) beside it cut detector protection to about 20 % on the dev clips (EVALUATION.md).
+    """
+
+    crop_face_px: int = 112
+    crop_side: int = 176
+    mask_margin: float = 1.25
+    whole_crop: bool = False
+    cold_steps: int = 15
+    warm_steps: int = 6
+    eot_samples: int = 1
+    step_size: float = 0.6
+    chroma_ratio: float = 0.12
+    texture_floor: float = 0.2
+    perceptual: float = 1.0
+    face_dissimilarity: float = 0.03
+    strongest_face_dissimilarity: float = 0.22
+    max_face_dissimilarity: float = 0.5
+    structural: float = 0.3
+    smooth: int = 1
+    margin: float = 3.0
+    scene_cut_threshold: float = 30.0
+    detect: float = 1.0
+    detect_from_budget: float = 0.3
+    identity: float = 20.0
+
+    def __post_init__(self):
+        # The floor law must rise with the budget: a stronger setting may never be held to a tighter floor.
+        if not 0 < self.face_dissimilarity <= self.strongest_face_dissimilarity:
+            raise ValueError(f"need 0 < face_dissimilarity ({self.face_dissimilarity}) <= "
+                             f"strongest_face_dissimilarity ({self.strongest_face_dissimilarity})")
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """A square region of the frame (may reach past its edges) and its scale to the attack crop."""
+
+    x0: int
+    y0: int
+    side: int
+
+    @classmethod
+    def around(cls, box: tuple[float, float, float, float], config: CloakConfig) -> "_Crop":
+        face = max(box[2] - box[0], box[3] - box[1], 1.0)
+        side = max(8, int(round(face * config.crop_side / config.crop_face_px)))
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        return cls(int(round(cx - side / 2)), int(round(cy - side / 2)), side)
+
+    def cut(self, frame: np.ndarray, size: int) -> np.ndarray:
+        """The region resampled to size × size (edges replicated where it leaves the frame), uint8."""
+        height, width = frame.shape[:2]
+        x1, y1 = max(0, self.x0), max(0, self.y0)
+        x2, y2 = min(width, self.x0 + self.side), min(height, self.y0 + self.side)
+        patch = cv2.copyMakeBorder(frame[y1:y2, x1:x2], y1 - self.y0, self.y0 + self.side - y2,
+                                   x1 - self.x0, self.x0 + self.side - x2, cv2.BORDER_REPLICATE)
+        interpolation = cv2.INTER_AREA if self.side > size else cv2.INTER_LINEAR
+        return cv2.resize(patch, (size, size), interpolation=interpolation)
+
+    def paste(self, target: np.ndarray, delta: np.ndarray) -> None:
+        """Add ``delta`` (size × size × 3, levels of 255) resampled to the region onto uint8 ``target``, in
+        place, rounding to the nearest level (only the region is touched: a 1080p frame stays uint8)."""
+        height, width = target.shape[:2]
+        x1, y1 = max(0, self.x0), max(0, self.y0)
+        x2, y2 = min(width, self.x0 + self.side), min(height, self.y0 + self.side)
+        if x2 <= x1 or y2 <= y1:
+            return
+        # Linear resampling both ways: the perturbation is smooth at the crop's scale, and INTER_AREA would
+        # average away what the optimiser placed between the crop's pixels when shrinking it.
+        full = cv2.resize(delta, (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+        region = target[y1:y2, x1:x2].astype(np.float32) + full[y1 - self.y0:y2 - self.y0, x1 - self.x0:x2 - self.x0]
+        target[y1:y2, x1:x2] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+
+
+class FaceCloak:
+    """The face cloak as a :class:`~media_cleaner.protection.VideoProtector`.
+
+    Arguments:
+        params (ProtectionParams): the task's parameters (epsilon, video_strength, every_n_frames).
+        device (str): torch device. Default: "cpu".
+        threads (int): torch threads (the worker's share of the cores). Default: 1.
+        config (CloakConfig): engine settings. Default: ``CloakConfig()``.
+        cancelled (callable | None): polled between optimisation steps; True abandons the attack on the
+            current keyframe (the pipeline is being cancelled). :meth:`begin` also takes it from
+            ``VideoStreamInfo.cancelled``. Default: None.
+
+    Example::
+        cloak = FaceCloak(ProtectionParams(epsilon=0.12))
+        cloak.begin(VideoStreamInfo(width, height, fps, frame_count)); out = cloak.protect_frame(frame, t, 0)
+    """
+
+    def __init__(self, params: ProtectionParams, *, device: str = "cpu", threads: int = 1,
+                 config: CloakConfig | None = None, cancelled: Callable[[], bool] | None = None):
+        self.params = params
+        self.device = device
+        self.threads = max(1, int(threads))
+        self.config = config or CloakConfig()
+        self.epsilon = params.effective_epsilon
+        self._cancelled = cancelled
+        self.tracks: list[FaceTrack] = []
+        self.keyframes = 0
+        self._since_keyframe = 0
+        self._cuts = SceneCutDetector(self.config.scene_cut_threshold)
+
+    def _stopping(self) -> bool:
+        return self._cancelled is not None and self._cancelled()
+
+    @staticmethod
+    def allowed_dissimilarity(epsilon: float, config: CloakConfig) -> float:
+        """The face's visibility floor (1 − SSIM) for the effective budget ``epsilon`` (the [-1, 1] range)."""
+        exponent = math.log(config.strongest_face_dissimilarity / config.face_dissimilarity) \
+            / math.log(STRONGEST_BUDGET / DEFAULT_EPSILON)
+        return min(config.max_face_dissimilarity, config.face_dissimilarity * (epsilon / DEFAULT_EPSILON) ** exponent)
+
+    def begin(self, info: VideoStreamInfo) -> None:
+        torch.set_num_threads(self.threads)
+        hook = getattr(info, "cancelled", None)
+        if hook is not None:
+            self._cancelled = hook
+        self.surrogate = load_surrogate(self.device)
+        hide = self.epsilon >= self.config.detect_from_budget
+        detect, identity = (self.config.detect, 0.0) if hide else (0.0, self.config.identity)
+        self.recognizer = load_recognizer(self.device) if identity > 0 else None
+        self._persons = 0
+        floor = self.allowed_dissimilarity(self.epsilon, self.config)
+        strength = self.params.video_strength
+        config = self.config
+        self._attack = {
+            warm: CloakPGD(self.surrogate, epsilon=self.epsilon,
+                           steps=max(1, round((config.warm_steps if warm else config.cold_steps) * strength)),
+                           step_size=config.step_size, eot_samples=config.eot_samples,
+                           loss=CloakLoss(perceptual=config.perceptual, margin=config.margin,
+                                          detect=detect, identity=identity),
+                           recognizer=self.recognizer,
+                           chroma_ratio=config.chroma_ratio, texture_floor=config.texture_floor,
+                           max_dissimilarity=floor, structural=config.structural, smooth=config.smooth,
+                           cancelled=self._stopping)
+            for warm in (False, True)}
+        self.tracks, self.keyframes, self._since_keyframe = [], 0, 0
+        self._cuts = SceneCutDetector(config.scene_cut_threshold)
+
+    def protect_frame(self, frame: np.ndarray, pts_s: float, index: int) -> np.ndarray:
+        cut = self._cuts.is_cut(frame)
+        lost = not all(track.follow(frame) for track in self.tracks)
+        if index == 0 or cut or lost or self._since_keyframe >= self.params.every_n_frames - 1:
+            self._keyframe(frame, fresh=cut)
+        else:
+            self._since_keyframe += 1
+        if not self.tracks:
+            return frame
+        out = frame.copy()
+        for track in self.tracks:
+            if track.delta_rgb is not None:
+                _Crop.around(track.box, self.config).paste(out, track.delta_rgb)
+        return out
+
+    def end(self) -> None:
+        self.tracks = []
+
+    def _keyframe(self, frame: np.ndarray, fresh: bool) -> None:
+        """Detect faces, match them to tracks (none after a cut), optimise all of them in one batch."""
+        self.keyframes += 1
+        self._since_keyframe = 0
+        faces = self.surrogate.detect(frame)
+        previous = [] if fresh else self.tracks
+        tracks = []
+        for face in faces:
+            match = max(previous, key=lambda track: iou(track.box, face.box), default=None)
+            warm = match is not None and iou(match.box, face.box) >= 0.3
+            if warm:   # the same person: their perturbation warm-starts, their identity and decoy carry on
+                tracks.append(FaceTrack(face.box, delta_ycbcr=match.delta_ycbcr, identity=match.identity,
+                                        identity_count=match.identity_count, decoy=match.decoy))
+            else:
+                tracks.append(FaceTrack(face.box))
+        self.tracks = tracks
+        if not tracks:
+            return
+        self._optimise(frame, tracks)
+        for track in tracks:
+            track.remember(frame)
+
+    def _optimise(self, frame: np.ndarray, tracks: list[FaceTrack]) -> None:
+        config, side = self.config, self.config.crop_side
+        crops, boxes = [], []
+        for track in tracks:
+            crop = _Crop.around(track.box, config)
+            crops.append(crop.cut(frame, side))
+            scale = side / crop.side
+            x1, y1, x2, y2 = track.box
+            boxes.append([(x1 - crop.x0) * scale, (y1 - crop.y0) * scale, (x2 - crop.x0) * scale,
+                          (y2 - crop.y0) * scale])
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        boxes_t = torch.tensor(boxes, dtype=torch.float32)
+        if config.whole_crop:
+            mask = torch.ones(len(tracks), 1, side, side)
+        else:
+            mask = face_mask(side, side, boxes_t, margin=config.mask_margin)
+        warm = all(track.delta_ycbcr is not None for track in tracks)
+        attack = self._attack[warm]
+        init = torch.stack([track.delta_ycbcr if track.delta_ycbcr is not None
+                            else torch.zeros(3, *attack.variable_size(side, side))
+                            for track in tracks]) if any(t.delta_ycbcr is not None for t in tracks) else None
+        identity = self._identity_target(images, boxes_t, tracks) if self.recognizer is not None else None
+        result = attack(images.to(self.device), boxes_t.to(self.device), mask.to(self.device), init, identity)
+        deltas = (result.delta_rgb * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        for track, delta, variable in zip(tracks, deltas, result.delta_ycbcr.cpu()):
+            track.delta_rgb = delta
+            track.delta_ycbcr = variable
+
+
+    @torch.no_grad()
+    def _identity_target(self, images: torch.Tensor, boxes: torch.Tensor, tracks: list[FaceTrack]) -> IdentityTarget:
+        """Each track's clean identity (the mean of its keyframes' clean embeddings) and decoy. A new person
+        gets a decoy of their own: a direction orthogonal to their clean identity (as far from it as two
+        different people typically are, distance √2), drawn from DECOY_SEED and the person's number."""
+        clean = self.recognizer(face_chips(images.to(self.device), boxes.to(self.device))).cpu()
+        for track, embedding in zip(tracks, clean):
+            if track.identity is None:
+                track.identity, track.identity_count = embedding, 1
+            else:
+                total = track.identity * track.identity_count + embedding
+                track.identity, track.identity_count = F.normalize(total, dim=0), track.identity_count + 1
+            if track.decoy is None:
+                self._persons += 1
+                generator = torch.Generator().manual_seed(DECOY_SEED + self._persons)
+                direction = torch.randn(embedding.shape[0], generator=generator)
+                direction -= (direction @ track.identity) * track.identity
+                track.decoy = F.normalize(direction, dim=0)
+        return IdentityTarget(torch.stack([t.identity for t in tracks]), torch.stack([t.decoy for t in tracks]))
+
+
+def warm_up(device: str = "cpu") -> None:
+    """Load MTCNN and run one tiny forward/backward pass through all three stages (the first pass pays for
+    lazy initialisation), so the first task starts at full speed. Called by ``warm_up_engines``."""
+    surrogate = load_surrogate(device)
+    if CloakConfig().identity > 0:
+        load_recognizer(device)
+    images = torch.zeros(1, 3, 64, 64, device=device, requires_grad=True)
+    boxes = torch.tensor([[16.0, 16.0, 48.0, 48.0]], device=device)
+    outputs = surrogate.stage_outputs(images, boxes)
+    (outputs.rnet_logits.sum() + outputs.onet_logits.sum() + sum(m.sum() for m in outputs.pnet_logits)).backward()

@@ -1,0 +1,149 @@
+"""The TaskStore contract, run against every implementation: the JSON file and the in-memory store.
+
+What the service relies on is exactly these behaviours; a new store (Redis, PostgreSQL) is added to
+``STORES`` and must pass them. The JSON store's own promises (atomic files, the lock file, throttled
+progress writes) are in test_store.py.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from media_cleaner.service.store.base import TaskNotFound, TaskStore
+from media_cleaner.service.store.json_store import JsonTaskStore
+from media_cleaner.service.store.memory import MemoryTaskStore
+from media_cleaner.service.tasks import Task, TaskStatus
+
+STORES = {"json": lambda tmp: JsonTaskStore(tmp / "queue_db" / "tasks.json", progress_interval_s=0.0),
+          "memory": lambda tmp: MemoryTaskStore()}
+
+
+def task(i: int, **fields) -> Task:
+    return Task(**{"task_id": f"{i:032x}", "original_filename": f"v{i}.mp4", "epsilon": 0.12,
+                   "video_strength": 1.0, "audio_level": "weak", "every_n_frames": 10, **fields})
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request, tmp_path) -> TaskStore:
+    made = STORES[request.param](tmp_path)
+    made.open()
+    yield made
+    made.close()
+
+
+def test_it_implements_every_method_of_the_protocol(store):
+    """Each method is the implementation's own (only ``recover``, written once from the others, is shared)."""
+    methods = [name for name, value in vars(TaskStore).items() if callable(value) and not name.startswith("_")]
+    assert "claim_next" in methods and "transition" in methods
+    for name in methods:
+        own = getattr(type(store), name) is not getattr(TaskStore, name)
+        assert own or name == "recover", f"{type(store).__name__} lacks {name}"
+
+
+def test_add_get_list_newest_first_with_filters(store):
+    for i in range(5):
+        store.add(task(i, user_id="alice" if i % 2 else "bob"))
+    with pytest.raises(ValueError):
+        store.add(task(0))
+    assert store.get(f"{3:032x}").original_filename == "v3.mp4"
+    page, total = store.list(limit=2)
+    assert total == 5 and [t.task_id for t in page] == [f"{4:032x}", f"{3:032x}"]
+    alice, total = store.list(user_id="alice")
+    assert total == 2 and {t.user_id for t in alice} == {"alice"}
+    assert store.counts() == {"pending": 5, "processing": 0, "completed": 0, "failed": 0, "cancelled": 0,
+                              "total": 5}
+    assert store.count_pending("bob") == 3 and store.ids() == {f"{i:032x}" for i in range(5)}
+    with pytest.raises(TaskNotFound):
+        store.get("0" * 31 + "f")
+
+
+def test_claims_are_fifo_and_the_queue_moves_up(store):
+    for i in range(3):
+        store.add(task(i))
+    assert [store.queue_position(f"{i:032x}") for i in range(3)] == [1, 2, 3]
+    first = store.claim_next()
+    assert first.task_id == f"{0:032x}" and first.status == TaskStatus.processing and first.attempts == 1
+    assert [store.queue_position(f"{i:032x}") for i in range(3)] == [None, 1, 2]
+    store.claim_next(), store.claim_next()
+    assert store.claim_next() is None
+
+
+def test_transition_is_compare_and_set_and_finishing_calls_the_listeners(store):
+    finished = []
+    store.on_finished(finished.append)
+    store.add(task(1))
+    store.claim_next()
+    winners = []
+    barrier = threading.Barrier(4)
+
+    def cancel():
+        barrier.wait()
+        winners.append(store.transition(f"{1:032x}", [TaskStatus.pending, TaskStatus.processing],
+                                        status=TaskStatus.cancelled))
+    threads = [threading.Thread(target=cancel) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(w is not None for w in winners) == 1   # one caller wins, the others see it already done
+    assert [t.status for t in finished] == [TaskStatus.cancelled]
+
+
+def test_progress_is_seen_at_once_and_never_goes_back(store):
+    store.add(task(1))
+    store.update_progress(f"{1:032x}", 10.0, 30.0)   # not processing yet: ignored
+    assert store.get(f"{1:032x}").progress == 0.0
+    store.claim_next()
+    store.update_progress(f"{1:032x}", 40.0, 12.0)
+    store.update_progress(f"{1:032x}", 30.0, 10.0)
+    current = store.get(f"{1:032x}")
+    assert current.progress == 40.0 and current.eta_s == 10.0
+
+
+def test_reads_are_copies(store):
+    store.add(task(1, media={"frames": 10}))
+    read = store.get(f"{1:032x}")
+    read.media["frames"] = 0
+    assert store.get(f"{1:032x}").media == {"frames": 10}
+
+
+def test_recovery_after_a_crash(store):
+    for i in range(3):
+        store.add(task(i))
+    for _ in range(3):
+        store.claim_next()
+    store.update(f"{2:032x}", attempts=3)
+    changed = store.recover(max_attempts=3)
+    assert [t.status for t in changed] == [TaskStatus.pending, TaskStatus.pending, TaskStatus.failed]
+    assert "interrupted 3 times" in store.get(f"{2:032x}").error_message
+    # Engines in processes of their own: the attempt is given back, the server's crash counted instead.
+    store.claim_next()
+    (again,) = store.recover(max_attempts=3, charge_crashes=False)
+    assert again.status == TaskStatus.pending and again.attempts == 1 and again.server_crashes == 1
+
+
+def test_delete(store):
+    store.add(task(1))
+    assert store.delete(f"{1:032x}").task_id == f"{1:032x}"
+    with pytest.raises(TaskNotFound):
+        store.delete(f"{1:032x}")
+    assert store.ids() == set()
+
+
+def test_a_service_runs_on_the_memory_store(tmp_path):
+    """The whole service (API, workers, pipeline) on the second implementation: one upload to completed."""
+    from fastapi.testclient import TestClient
+
+    from support import media_factory as mf
+    from conftest import make_service, wait_for
+    from media_cleaner.api.app import create_app
+    service = make_service(tmp_path, store_factory=lambda settings: MemoryTaskStore())
+    clip = mf.make_video(tmp_path / "clip.mp4", seconds=1)
+    with TestClient(create_app(service=service)) as client, open(clip, "rb") as fh:
+        response = client.post("/upload", files={"file": ("clip.mp4", fh, "video/mp4")},
+                               data={"audio_level": "none"})
+        assert response.status_code == 202, response.text
+        done = wait_for(client, response.json()["task_id"])
+    assert done["status"] == "completed" and isinstance(service.store, MemoryTaskStore)
+    assert not (tmp_path / "queue_db" / "tasks.json").exists()

@@ -1,0 +1,1 @@
+"""Helpers the tests share: test media, a real server process, scripted engines."""
