@@ -31,7 +31,7 @@ site.addsitedir(sys.argv[2])
 
 from media_cleaner.service.queue.jobs import Job, run_job
 from media_cleaner.params import ProtectionParams
-from media_cleaner.media.pipeline import CancelToken
+from media_cleaner.media.cancel import CancelToken
 from media_cleaner.protection.registry import build_protectors
 
 work = Path(sys.argv[1])

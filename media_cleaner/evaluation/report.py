@@ -156,7 +156,7 @@ def build_task_report(input_path: str | Path, output_path: str | Path, preview_p
     """Measure the task's cheap figures and write its sheet to ``preview_path``; the report (JSON-safe).
 
     ``cancel`` (the task's CancelToken) stops it between steps and kills its ffmpeg children; the caller
-    handles :class:`~media_cleaner.media.pipeline.TaskCancelled`. Other failures raise; the worker records them
+    handles :class:`~media_cleaner.media.cancel.TaskCancelled`. Other failures raise; the worker records them
     in the report instead of failing the task. ``progress`` receives a growing fraction in [0, 1] between
     the steps. ``original_info``: the input's probe, when the caller has it already.
     """

@@ -13,40 +13,29 @@ Deliberate changes: odd widths/heights lose their last column/row (yuv420p needs
 8-bit yuv420p H.264 (10-bit and HDR inputs are converted to 8 bits without tone mapping, tags kept), and
 all container/stream metadata (dates, GPS location, device make and model, encoder names) is dropped.
 
-:class:`CancelToken` stops a run from another thread within about a second: it kills the ffmpeg children,
-which unblocks any pipe read or write, and the run raises :class:`TaskCancelled` and cleans up.
+:class:`~.cancel.CancelToken` stops a run from another thread within about a second (:mod:`.cancel`). The
+parts: the ffmpeg children and their watchdog (:mod:`.processes`), the colour plan (:mod:`.colours`), the
+frame timestamps (:mod:`.retime`).
 """
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
 import tempfile
-import threading
-import time
 import uuid
-from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-import av
 import ffmpeg
 import numpy as np
 
-from media_cleaner.media.ffmpeg import (
-    ERROR_WORDS,
-    USER_MEDIA_INPUT,
-    FFmpegError,
-    error_reason,
-    find_ffmpeg,
-    kill_process,
-    run_ffmpeg,
-)
+from media_cleaner.media.cancel import CancelToken
+from media_cleaner.media.ffmpeg import USER_MEDIA_INPUT, FFmpegError, find_ffmpeg, run_ffmpeg
+from media_cleaner.media.colours import ColourPlan, plan_colours
 from media_cleaner.media.probe import MediaError, MediaInfo, probe_media
+from media_cleaner.media.processes import FFmpegProcess, Progress, Watchdog, read_exactly
+from media_cleaner.media.retime import FrameClock, retime
 from media_cleaner.protection.seams import AudioStreamInfo, Protectors, VideoStreamInfo
 
 AUDIO_CHUNK_SECONDS = 10
@@ -61,285 +50,6 @@ VIDEO_SHARE_ALONE = 0.98
 # How long an ffmpeg child may keep the pipeline waiting (no frame read or written, no exit) before it is
 # killed and the run fails. A working ffmpeg answers within milliseconds; the slow side is the protectors.
 DEFAULT_STALL_TIMEOUT_S = 60.0
-
-
-class TaskCancelled(Exception):
-    """The run was cancelled through its :class:`CancelToken`."""
-
-
-class CancelToken:
-    """Thread-safe cancel flag that also kills the child processes registered with it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._processes: set[subprocess.Popen] = set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancelled = True
-            processes = list(self._processes)
-        for process in processes:
-            kill_process(process)
-
-    def register(self, process: subprocess.Popen) -> None:
-        with self._lock:
-            self._processes.add(process)
-            cancelled = self._cancelled
-        if cancelled:
-            kill_process(process)
-
-    def unregister(self, process: subprocess.Popen) -> None:
-        with self._lock:
-            self._processes.discard(process)
-
-    def raise_if_cancelled(self) -> None:
-        if self._cancelled:
-            raise TaskCancelled("The task was cancelled")
-
-
-class _Watchdog:
-    """Kills an ffmpeg child that keeps the pipeline waiting longer than ``stall_s``: reading a frame from
-    the decoder, writing one to the encoder, waiting for a frame's timestamp or for the child to exit. The
-    kill unblocks the wait; :meth:`check` then fails the run with a message that names ffmpeg (after the
-    run's cancel, which kills the children too). Time spent in the protectors is not watched here (ffmpeg just
-    waits on a full pipe then)."""
-
-    def __init__(self, stall_s: float, cancel: CancelToken):
-        self.stall_s, self._cancel = stall_s, cancel
-        self.stalled: str | None = None
-        self._lock = threading.Lock()
-        self._waits: dict[object, tuple["_FFmpegProcess", str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="ffmpeg-watchdog", daemon=True)
-        self._thread.start()
-
-    @contextmanager
-    def waiting(self, process: "_FFmpegProcess", doing: str):
-        """Watch ``process`` while the caller blocks on it; ``doing`` completes "ffmpeg stopped …"."""
-        key = object()
-        with self._lock:
-            self._waits[key] = (process, doing, time.monotonic())
-        try:
-            yield
-        finally:
-            with self._lock:
-                del self._waits[key]
-
-    def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.stall_s / 4)):
-            now = time.monotonic()
-            with self._lock:
-                overdue = [(process, doing) for process, doing, since in self._waits.values()
-                           if now - since > self.stall_s]
-            for process, doing in overdue:
-                if self.stalled is None:
-                    self.stalled = doing
-                kill_process(process.process)
-
-    def check(self) -> None:
-        """Raise TaskCancelled after a cancel, MediaError after a stall; nothing otherwise."""
-        self._cancel.raise_if_cancelled()
-        if self.stalled is not None:
-            raise MediaError(f"ffmpeg stopped {self.stalled} for more than {self.stall_s:.0f} s and was "
-                             f"stopped. Please try again; if it happens again, the server's ffmpeg is faulty "
-                             f"(its operator can choose another, see ffmpeg/README.md).")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-class _Progress:
-    """Forwards a monotone fraction in [0, 1] to the caller's callback."""
-
-    def __init__(self, callback: Callable[[float], None] | None):
-        self._callback = callback
-        self._last = 0.0
-
-    def __call__(self, fraction: float) -> None:
-        fraction = min(1.0, max(self._last, fraction))
-        self._last = fraction
-        if self._callback is not None:
-            self._callback(fraction)
-
-
-class _FFmpegProcess:
-    """One ffmpeg child with pipes, registered for cancel, its log drained by a thread.
-
-    ``on_log_line`` may claim a log line (return True) instead of it being kept for error messages;
-    ``on_log_end`` is called when the log closes (the process ended).
-    """
-
-    def __init__(self, args: list[str], cancel: CancelToken, *, pipe_stdin: bool = False,
-                 pipe_stdout: bool = False, on_log_line: Callable[[str], bool] | None = None,
-                 on_log_end: Callable[[], None] | None = None):
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipe_stdout else subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._cancel = cancel
-        cancel.register(self.process)
-        self._log: deque[str] = deque(maxlen=200)
-        self._on_log_line = on_log_line
-        self._on_log_end = on_log_end
-        self._drain = threading.Thread(target=self._read_log, daemon=True)
-        self._drain.start()
-
-    def _read_log(self) -> None:
-        for raw in self.process.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if self._on_log_line is None or not self._on_log_line(line):
-                self._log.append(line)
-        if self._on_log_end is not None:
-            self._on_log_end()
-
-    @property
-    def stdin(self):
-        return self.process.stdin
-
-    @property
-    def stdout(self):
-        return self.process.stdout
-
-    def reason(self) -> str:
-        return error_reason("\n".join(self._log))
-
-    def complained(self) -> bool:
-        """Whether its log has an error line (a decoder says so when it meets damaged data)."""
-        return any(ERROR_WORDS.search(line) for line in self._log)
-
-    def finish(self) -> int:
-        """Close its input, wait for it to exit and for its log; the exit status."""
-        if self.process.stdin is not None and not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except BrokenPipeError:
-                pass
-        self.process.wait()
-        self._drain.join()
-        return self.process.returncode
-
-    def close(self) -> None:
-        """Kill it if still running and release everything (safe to call twice)."""
-        kill_process(self.process)
-        self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None and not stream.closed:
-                try:
-                    stream.close()
-                except BrokenPipeError:
-                    pass
-        self._drain.join()
-        self.process.stderr.close()
-        self._cancel.unregister(self.process)
-
-
-def _read_exactly(stream, view: memoryview) -> int:
-    """Fill ``view`` from ``stream``; the number of bytes read (less only at the end of the stream)."""
-    filled = 0
-    while filled < len(view):
-        count = stream.readinto(view[filled:])
-        if not count:
-            break
-        filled += count
-    return filled
-
-
-# --- colours -------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ColourPlan:
-    """How YUV↔RGB is converted (the same matrix both ways) and how the output is tagged."""
-
-    scale_matrix: str     # the name the scale filter uses
-    colorspace: str       # the output's tags
-    primaries: str
-    trc: str
-
-
-def plan_colours(info: MediaInfo) -> ColourPlan:
-    """Use the input's matrix when tagged. An untagged input is converted with what players assume
-    (BT.709 when the shorter side is ≥ 720, portrait too; BT.601 below) and stays untagged, so every player
-    shows the output exactly as it showed the input, whatever its own guess."""
-    matrix = info.color_matrix
-    if matrix == "bt709":
-        return ColourPlan("bt709", "bt709", info.color_primaries or "bt709", info.color_trc or "bt709")
-    if matrix in ("smpte170m", "bt470bg"):
-        return ColourPlan("bt601", matrix, info.color_primaries or matrix, info.color_trc or "smpte170m")
-    if matrix in ("bt2020nc", "bt2020c"):
-        return ColourPlan("bt2020", "bt2020nc", info.color_primaries or "bt2020", info.color_trc or "bt2020-10")
-    return ColourPlan("bt709" if min(info.width, info.height) >= 720 else "bt601",
-                      "unknown", "unknown", "unknown")
-
-
-# --- frame timestamps from showinfo --------------------------------------------------------------------
-
-_SHOWINFO_CONFIG = re.compile(r"\[Parsed_showinfo_\d+ @ [^\]]+\] config in time_base: (\d+)/(\d+)")
-# ffmpeg 5.1 prints no "duration:" field (6.0 added it): it is optional.
-_SHOWINFO_FRAME = re.compile(r"\[Parsed_showinfo_\d+ @ [^\]]+\] n:\s*(\d+) pts:\s*(-?\d+|NOPTS)"
-                             r"(?:.*?duration:\s*(-?\d+|NOPTS))?")
-
-
-class _FrameClock:
-    """The decoder's frame timestamps, parsed from its showinfo log lines (the n-th line is the n-th frame).
-
-    Timestamps are integers in the video stream's time base, made strictly increasing (MP4 needs that).
-    """
-
-    def __init__(self, frame_rate: Fraction):
-        self._condition = threading.Condition()
-        self._frame_rate = frame_rate
-        self._ended = False
-        self.time_base: Fraction | None = None
-        self.pts: list[int] = []
-        self.last_duration = 0
-
-    def _frame_step(self) -> int:
-        return max(1, round(1 / (self._frame_rate * self.time_base)))
-
-    def feed(self, line: str) -> bool:
-        """Take one decoder log line; True when it was showinfo's."""
-        if "[Parsed_showinfo_" not in line:
-            return False
-        if match := _SHOWINFO_FRAME.search(line):
-            with self._condition:
-                if self.time_base is None:
-                    self.time_base = Fraction(1, 1000)
-                pts = None if match.group(2) == "NOPTS" else int(match.group(2))
-                if self.pts and (pts is None or pts <= self.pts[-1]):
-                    pts = self.pts[-1] + (self._frame_step() if pts is None else 1)
-                self.pts.append(0 if pts is None else pts)
-                duration = match.group(3)
-                self.last_duration = int(duration) if duration not in (None, "NOPTS") and int(duration) > 0 \
-                    else 0
-                self._condition.notify_all()
-        elif match := _SHOWINFO_CONFIG.search(line):
-            with self._condition:
-                self.time_base = Fraction(int(match.group(1)), int(match.group(2)))
-        return True
-
-    def end(self) -> None:
-        with self._condition:
-            self._ended = True
-            self._condition.notify_all()
-
-    def seconds(self, index: int) -> float | None:
-        """Presentation time of frame ``index``, waiting for its log line; None if the log ended first."""
-        with self._condition:
-            while len(self.pts) <= index and not self._ended:
-                self._condition.wait(0.5)
-            return float(self.pts[index] * self.time_base) if len(self.pts) > index else None
-
-    def final_duration(self) -> int:
-        if self.last_duration > 0:
-            return self.last_duration
-        if len(self.pts) >= 2:
-            return self.pts[-1] - self.pts[-2]
-        return self._frame_step()
 
 
 # --- the steps -----------------------------------------------------------------------------------------
@@ -372,7 +82,7 @@ def _decoder_command(info: MediaInfo, settings: _Settings, colours: ColourPlan) 
     filters += ["showinfo=checksum=0",
                 f"scale=w={width}:h={height}:in_color_matrix={colours.scale_matrix}", "format=rgb24"]
     # ffmpeg turns the frames upright itself (autorotate), before these filters. The chain stays one -vf
-    # string: showinfo must sit at this place in it, and _FrameClock parses its log ("info" level).
+    # string: showinfo must sit at this place in it, and FrameClock parses its log ("info" level).
     source = ffmpeg.input(info.path, threads=settings.threads, **USER_MEDIA_INPUT)
     frames = source["V:0"].output(  # "V": the first real video stream, not cover art
         "pipe:", vf=",".join(filters), fps_mode="passthrough", format="rawvideo", pix_fmt="rgb24",
@@ -416,30 +126,30 @@ def _audio_encoder_command(settings: _Settings, rate: int, channels: int, target
 
 
 def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, cancel: CancelToken,
-               watchdog: _Watchdog, progress: Callable[[float], None], share: float, target: Path,
-               max_duration_s: float | None) -> _FrameClock:
+               watchdog: Watchdog, progress: Callable[[float], None], share: float, target: Path,
+               max_duration_s: float | None) -> FrameClock:
     """Decode → protect each frame → encode at a constant rate into ``target``; the frame timestamps.
 
     The frames' own timestamps must stay within ``max_duration_s`` of the first, and a decoder that
     complained must have delivered every frame the probe counted: otherwise the run fails (MediaError)."""
     width, height = _video_size(info)
     colours = plan_colours(info)
-    clock = _FrameClock(info.frame_rate)
+    clock = FrameClock(info.frame_rate)
     expected = max(1, info.frame_count)
     decoder = encoder = None
 
     protectors.video.begin(VideoStreamInfo(width=width, height=height, fps=info.fps,
                                            frame_count=info.frame_count, cancelled=lambda: cancel.cancelled))
     try:
-        decoder = _FFmpegProcess(_decoder_command(info, settings, colours), cancel, pipe_stdout=True,
+        decoder = FFmpegProcess(_decoder_command(info, settings, colours), cancel, pipe_stdout=True,
                                  on_log_line=clock.feed, on_log_end=clock.end)
-        encoder = _FFmpegProcess(_encoder_command(info, settings, colours, target), cancel, pipe_stdin=True)
+        encoder = FFmpegProcess(_encoder_command(info, settings, colours, target), cancel, pipe_stdin=True)
         index = 0
         while True:
             # A fresh array per frame: a protector may keep earlier frames.
             frame = np.empty((height, width, 3), dtype=np.uint8)
             with watchdog.waiting(decoder, "sending decoded frames"):
-                count = _read_exactly(decoder.stdout, memoryview(frame).cast("B"))
+                count = read_exactly(decoder.stdout, memoryview(frame).cast("B"))
             watchdog.check()
             if count == 0:
                 break
@@ -500,7 +210,7 @@ def _run_video(info: MediaInfo, protectors: Protectors, settings: _Settings, can
 
 
 def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, cancel: CancelToken,
-               watchdog: _Watchdog, progress: Callable[[float], None], start: float, share: float,
+               watchdog: Watchdog, progress: Callable[[float], None], start: float, share: float,
                target: Path) -> None:
     """Decode the sound to float PCM → protect it chunk by chunk → encode AAC into ``target``."""
     rate, channels = info.sample_rate or 48000, info.channels or 2  # when the listing did not say
@@ -513,13 +223,13 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
     protectors.audio.begin(AudioStreamInfo(sample_rate=rate, channels=channels, duration_s=info.duration_s,
                                            cancelled=lambda: cancel.cancelled))
     try:
-        decoder = _FFmpegProcess(decode, cancel, pipe_stdout=True)
-        encoder = _FFmpegProcess(encode, cancel, pipe_stdin=True)
+        decoder = FFmpegProcess(decode, cancel, pipe_stdout=True)
+        encoder = FFmpegProcess(encode, cancel, pipe_stdin=True)
         done = 0
         while True:
             buffer = np.empty((chunk_samples, channels), dtype=np.float32)
             with watchdog.waiting(decoder, "sending decoded sound"):
-                count = _read_exactly(decoder.stdout, memoryview(buffer).cast("B"))
+                count = read_exactly(decoder.stdout, memoryview(buffer).cast("B"))
             watchdog.check()
             samples = count // (4 * channels)
             if samples == 0:
@@ -556,49 +266,6 @@ def _run_audio(info: MediaInfo, protectors: Protectors, settings: _Settings, can
             if process is not None:
                 process.close()
         protectors.audio.end()
-
-
-def _retime(encoded: Path, target: Path, clock: _FrameClock, frame_rate: Fraction, cancel: CancelToken) -> None:
-    """Copy the encoded H.264 packets into ``target`` with the original frames' timestamps.
-
-    The encoder numbered the frames at a constant ``frame_rate``, so a packet's display index is its
-    timestamp × rate. Decode timestamps follow the new presentation times shifted by the encoder's
-    reorder delay, which keeps them increasing and never after their presentation time.
-    """
-    pts = clock.pts
-    step = pts[1] - pts[0] if len(pts) >= 2 else clock.final_duration()
-    with av.open(str(encoded)) as source:
-        stream = source.streams.video[0]
-        origin = None
-        indices = []
-        for packet in source.demux(stream):
-            if packet.pts is None:
-                continue  # the demuxer's end-of-stream marker
-            if origin is None:
-                origin = packet.pts
-            indices.append(round((packet.pts - origin) * packet.time_base * frame_rate))
-    if sorted(indices) != list(range(len(pts))):
-        raise MediaError(f"The encoded video has {len(indices)} frames where {len(pts)} were expected.")
-    delay = max(0, max(position - index for position, index in enumerate(indices)))
-
-    with av.open(str(encoded)) as source, av.open(str(target), "w", format="mp4") as output:
-        stream = source.streams.video[0]
-        retimed = output.add_stream_from_template(stream)
-        retimed.time_base = clock.time_base
-        position = 0
-        for packet in source.demux(stream):
-            if packet.pts is None:
-                continue
-            cancel.raise_if_cancelled()
-            index = indices[position]
-            packet.stream = retimed
-            packet.time_base = clock.time_base
-            packet.pts = pts[index]
-            packet.dts = pts[position - delay] if position >= delay else pts[0] - (delay - position) * step
-            packet.duration = (pts[index + 1] if index + 1 < len(pts) else pts[index] + clock.final_duration()) \
-                - pts[index]
-            output.mux(packet)
-            position += 1
 
 
 def _mux_command(settings: _Settings, info: MediaInfo, video: Path, video_start_s: float,
@@ -641,7 +308,7 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
     """
     settings = _Settings(find_ffmpeg(ffmpeg), max(1, int(threads)), crf, preset, audio_bitrate)
     cancel = cancel or CancelToken()
-    report = _Progress(progress)
+    report = Progress(progress)
     output_path = Path(output_path)
     info = info or probe_media(input_path, settings.ffmpeg)
     if info.path != str(input_path):
@@ -653,7 +320,7 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
     work = Path(tempfile.mkdtemp(prefix="protect-", dir=temp_dir))
     # Written next to the output so the final rename is atomic (same file system).
     partial = output_path.with_name(f".{output_path.name}.{uuid.uuid4().hex}.partial")
-    watchdog = _Watchdog(stall_timeout_s, cancel)
+    watchdog = Watchdog(stall_timeout_s, cancel)
     try:
         cancel.raise_if_cancelled()
         encoded = work / "video_encoded.mp4"
@@ -665,7 +332,7 @@ def protect_video(input_path: str | os.PathLike, output_path: str | os.PathLike,
             _run_audio(info, protectors, settings, cancel, watchdog, report, video_share, AUDIO_SHARE, audio)
         cancel.raise_if_cancelled()
         retimed = work / "video_retimed.mp4"
-        _retime(encoded, retimed, clock, info.frame_rate, cancel)
+        retime(encoded, retimed, clock, info.frame_rate, cancel)
         video_start_s = float(clock.pts[0] * clock.time_base)
         try:
             # A stream copy runs far faster than real time: the media's duration is a generous deadline.

@@ -11,7 +11,8 @@ import pytest
 from support import media_factory as mf
 from media_cleaner.media.ffmpeg import inspect_ffmpeg
 from media_cleaner.params import ProtectionParams
-from media_cleaner.media.pipeline import CancelToken, TaskCancelled, protect_video
+from media_cleaner.media.cancel import CancelToken, TaskCancelled
+from media_cleaner.media.pipeline import protect_video
 from media_cleaner.media.probe import MediaError, probe_media
 from media_cleaner.protection.seams import PassThroughAudio, PassThroughVideo, Protectors
 

@@ -24,7 +24,8 @@ from media_cleaner.protection.face_cloak.engine import _Crop
 from media_cleaner.protection.face_cloak.masks import face_mask
 from media_cleaner.protection.face_cloak.transforms import BlockCodec, RandomPipeline
 from media_cleaner.params import ProtectionParams
-from media_cleaner.media.pipeline import CancelToken, TaskCancelled, protect_video
+from media_cleaner.media.cancel import CancelToken, TaskCancelled
+from media_cleaner.media.pipeline import protect_video
 from media_cleaner.protection.seams import PassThroughVideo, Protectors, VideoStreamInfo
 from media_cleaner.protection.registry import build_protectors
 

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Callable
 
 from media_cleaner.service.queue.jobs import Job, run_job, warm_up
-from media_cleaner.media.pipeline import CancelToken, TaskCancelled
+from media_cleaner.media.cancel import CancelToken, TaskCancelled
 from media_cleaner.media.probe import MediaError
 
 log = logging.getLogger("media_cleaner.engine")

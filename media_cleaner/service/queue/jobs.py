@@ -16,7 +16,8 @@ from media_cleaner.evaluation.report import warm_up as warm_up_report
 from media_cleaner.params import ProtectionParams
 from media_cleaner.media.ffmpeg import find_ffmpeg
 from media_cleaner.media.probe import MediaInfo, probe_media
-from media_cleaner.media.pipeline import CancelToken, TaskCancelled, protect_video
+from media_cleaner.media.cancel import CancelToken, TaskCancelled
+from media_cleaner.media.pipeline import protect_video
 from media_cleaner.protection.seams import Protectors
 from media_cleaner.protection.registry import warm_up_engines
 

@@ -32,7 +32,7 @@ from media_cleaner.service.files import output_name, preview_name
 from media_cleaner.service.queue.jobs import Job, ProtectorFactory, run_job, warm_up
 from media_cleaner.service.tasks import TaskStatus, utc_now
 from media_cleaner.params import ProtectionParams
-from media_cleaner.media.pipeline import CancelToken, TaskCancelled
+from media_cleaner.media.cancel import CancelToken, TaskCancelled
 from media_cleaner.media.probe import MediaError
 from media_cleaner.protection.registry import build_protectors
 from media_cleaner.service.queue.base import TaskQueue
