@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     task_retention_days: float = Field(30, gt=0, description="Finished tasks leave tasks.json after this")
     cleanup_interval_s: float = Field(600, gt=0, description="How often expired files and tasks are removed")
 
+    # Where tasks are recorded: "json" (queue_db/tasks.json, the embedded default) or "redis" (shared by several
+    # machines; SERVER_DEPLOYMENT.md, "When one machine is not enough")
+    store: Literal["json", "redis"] = Field("json", description="Task store: json (embedded) or redis (shared)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis of the redis store")
+    redis_prefix: str = Field("mc:", description="Prefix of the store's keys in Redis")
+
     # Webhooks
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies")
     webhook_allow_private: bool = Field(False, description="Allow webhooks to loopback/private/link-local hosts")

@@ -28,21 +28,25 @@ log = logging.getLogger("media_cleaner")
 
 
 
-def json_store(settings: Settings) -> TaskStore:
-    """The embedded default: ``queue_db/tasks.json`` in the data folder."""
+def configured_store(settings: Settings) -> TaskStore:
+    """The store ``settings.store`` names: ``queue_db/tasks.json`` in the data folder (the embedded default) or
+    the shared Redis at ``settings.redis_url``."""
+    if settings.store == "redis":
+        from media_cleaner.service.store.redis_store import RedisTaskStore
+        return RedisTaskStore(settings.redis_url, prefix=settings.redis_prefix)
     return JsonTaskStore(settings.tasks_file, progress_interval_s=settings.progress_write_interval_s)
 
 
 class MediaCleanerService:
     """The store, the queue of workers, webhooks and retention, started and stopped together.
 
-    ``store_factory(settings)`` makes the :class:`~.store.base.TaskStore` (default: :func:`json_store`) and
+    ``store_factory(settings)`` makes the :class:`~.store.base.TaskStore` (default: :func:`configured_store`) and
     ``pool_factory(settings, store)`` the :class:`~.queue.base.TaskQueue` that runs the tasks (default: worker
     threads, :class:`~.queue.threads.WorkerPool`). A shared store and a distributed queue plug in here.
     """
 
     def __init__(self, settings: Settings, *, pool_factory: Callable[[Settings, TaskStore], TaskQueue] = WorkerPool,
-                 store_factory: Callable[[Settings], TaskStore] = json_store):
+                 store_factory: Callable[[Settings], TaskStore] = configured_store):
         self.settings = settings
         self.store = store_factory(settings)
         self.pool = pool_factory(settings, self.store)

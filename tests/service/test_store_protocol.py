@@ -1,22 +1,29 @@
-"""The TaskStore contract, run against every implementation: the JSON file and the in-memory store.
+"""The TaskStore contract, run against every implementation: the JSON file, the in-memory store and the Redis
+store (against a real redis-server the tests start).
 
-What the service relies on is exactly these behaviours; a new store (Redis, PostgreSQL) is added to
-``STORES`` and must pass them. The JSON store's own promises (atomic files, the lock file, throttled
-progress writes) are in test_store.py.
+What the service relies on is exactly these behaviours; a new store is added to ``STORES`` and must pass
+them. The JSON store's own promises (atomic files, the lock file, throttled progress writes) are in
+test_store.py.
 """
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 
 from media_cleaner.service.store.base import TaskNotFound, TaskStore
 from media_cleaner.service.store.json_store import JsonTaskStore
 from media_cleaner.service.store.memory import MemoryTaskStore
+from media_cleaner.service.store.redis_store import RedisTaskStore
+from support.redis_server import free_port, redis_server
 from media_cleaner.service.tasks import Task, TaskStatus
 
-STORES = {"json": lambda tmp: JsonTaskStore(tmp / "queue_db" / "tasks.json", progress_interval_s=0.0),
-          "memory": lambda tmp: MemoryTaskStore()}
+STORES = {"json": lambda request, tmp: JsonTaskStore(tmp / "queue_db" / "tasks.json", progress_interval_s=0.0),
+          "memory": lambda request, tmp: MemoryTaskStore(),
+          # A prefix of its own per test: the tests share one redis-server.
+          "redis": lambda request, tmp: RedisTaskStore(request.getfixturevalue("redis_url"),
+                                                       prefix=f"t{uuid.uuid4().hex[:8]}:")}
 
 
 def task(i: int, **fields) -> Task:
@@ -24,9 +31,15 @@ def task(i: int, **fields) -> Task:
                    "video_strength": 1.0, "audio_level": "weak", "every_n_frames": 10, **fields})
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
 @pytest.fixture(params=sorted(STORES))
 def store(request, tmp_path) -> TaskStore:
-    made = STORES[request.param](tmp_path)
+    made = STORES[request.param](request, tmp_path)
     made.open()
     yield made
     made.close()
@@ -147,3 +160,68 @@ def test_a_service_runs_on_the_memory_store(tmp_path):
         done = wait_for(client, response.json()["task_id"])
     assert done["status"] == "completed" and isinstance(service.store, MemoryTaskStore)
     assert not (tmp_path / "queue_db" / "tasks.json").exists()
+
+
+def test_a_service_runs_on_the_redis_store(tmp_path, redis_url):
+    """The whole service on the shared store: an upload completes, and another store object (another machine)
+    sees the task, its index entries and its counts."""
+    from fastapi.testclient import TestClient
+
+    from conftest import make_service, wait_for
+    from media_cleaner.api.app import create_app
+    from support import media_factory as mf
+    prefix = f"svc{uuid.uuid4().hex[:6]}:"
+    service = make_service(tmp_path, store="redis", redis_url=redis_url, redis_prefix=prefix)
+    clip = mf.make_video(tmp_path / "clip.mp4", seconds=1)
+    with TestClient(create_app(service=service)) as client, open(clip, "rb") as fh:
+        response = client.post("/upload", files={"file": ("clip.mp4", fh, "video/mp4")},
+                               data={"audio_level": "none", "user_id": "alice"})
+        assert response.status_code == 202, response.text
+        done = wait_for(client, response.json()["task_id"])
+        assert client.get("/tasks", params={"user_id": "alice", "status": "completed"}).json()["total"] == 1
+    assert done["status"] == "completed" and isinstance(service.store, RedisTaskStore)
+    elsewhere = RedisTaskStore(redis_url, prefix=prefix)   # another machine reading (no open: no lock)
+    assert elsewhere.get(done["task_id"]).status == TaskStatus.completed
+    assert elsewhere.counts()["completed"] == 1 and not (tmp_path / "queue_db" / "tasks.json").exists()
+
+
+def test_two_machines_claiming_at_once_never_get_the_same_task(redis_url):
+    """Compare-and-set across clients: 4 store objects (4 machines) claim 40 tasks concurrently."""
+    prefix = f"race{uuid.uuid4().hex[:6]}:"
+    stores = [RedisTaskStore(redis_url, prefix=prefix) for _ in range(4)]   # not opened: no server lock
+    for i in range(40):
+        stores[0].add(task(i))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def work(store):
+        while (got := store.claim_next()) is not None:
+            with lock:
+                claimed.append(got.task_id)
+    threads = [threading.Thread(target=work, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == [f"{i:032x}" for i in range(40)]   # each exactly once
+    assert stores[1].counts()["processing"] == 40 and stores[2].count_pending() == 0
+
+
+def test_one_server_per_redis_store(redis_url):
+    from media_cleaner.service.store.base import StoreError
+    prefix = f"lock{uuid.uuid4().hex[:6]}:"
+    first = RedisTaskStore(redis_url, prefix=prefix)
+    first.open()
+    with pytest.raises(StoreError, match="Another Media Cleaner server"):
+        RedisTaskStore(redis_url, prefix=prefix).open()
+    first.close()   # released at once on a clean stop
+    second = RedisTaskStore(redis_url, prefix=prefix)
+    second.open()
+    second.close()
+
+
+def test_an_unreachable_redis_is_a_clear_error():
+    from media_cleaner.service.store.base import StoreError
+    with pytest.raises(StoreError, match="cannot be reached.*MEDIA_CLEANER_REDIS_URL"):
+        RedisTaskStore(f"redis://127.0.0.1:{free_port()}/0").open()
+

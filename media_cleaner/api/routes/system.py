@@ -44,6 +44,7 @@ async def stats(service: ServiceDep, user: CurrentUser) -> dict:
                       "output_retention_hours": settings.output_retention_hours,
                       "task_retention_days": settings.task_retention_days},
         "auth": "api-key" if service.keys.configured else "open",
+        "store": settings.store,
         "ffmpeg": service.ffmpeg.public() if service.ffmpeg else None,
         "defaults": settings.default_params.as_dict(),
         "presets": {name: {"epsilon": epsilon, "video_strength": strength}
