@@ -33,7 +33,8 @@ def configured_store(settings: Settings) -> TaskStore:
     the shared Redis at ``settings.redis_url``."""
     if settings.store == "redis":
         from media_cleaner.service.store.redis_store import RedisTaskStore
-        return RedisTaskStore(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisTaskStore(settings.redis_url, prefix=settings.redis_prefix,
+                              progress_interval_s=settings.progress_write_interval_s)
     return JsonTaskStore(settings.tasks_file, progress_interval_s=settings.progress_write_interval_s)
 
 

@@ -22,7 +22,7 @@ from media_cleaner.service.tasks import Task, TaskStatus
 STORES = {"json": lambda request, tmp: JsonTaskStore(tmp / "queue_db" / "tasks.json", progress_interval_s=0.0),
           "memory": lambda request, tmp: MemoryTaskStore(),
           # A prefix of its own per test: the tests share one redis-server.
-          "redis": lambda request, tmp: RedisTaskStore(request.getfixturevalue("redis_url"),
+          "redis": lambda request, tmp: RedisTaskStore(request.getfixturevalue("redis_url"), progress_interval_s=0.0,
                                                        prefix=f"t{uuid.uuid4().hex[:8]}:")}
 
 

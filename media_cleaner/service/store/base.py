@@ -74,7 +74,8 @@ class TaskStore(Protocol):
         """Change the task only if its status is one of ``expected`` (atomically); None when it was not."""
 
     def update_progress(self, task_id: str, progress: float, eta_s: float | None) -> None:
-        """Progress of a running task (may be written less often than it is reported; reads see it at once)."""
+        """Progress of a running task; it never goes back. A store may write it at most once per its progress
+        interval (the JSON store's readers still see every report; a shared store's see it within the interval)."""
 
     def claim_next(self) -> Task | None:
         """The oldest pending task, moved to processing with one more attempt (FIFO); None when none waits."""

@@ -42,7 +42,7 @@ LOCK_RENEW_S = 10
 
 
 class RedisTaskStore(TaskStore):
-    def __init__(self, url: str, *, prefix: str = "mc:", client=None):
+    def __init__(self, url: str, *, prefix: str = "mc:", progress_interval_s: float = 1.0, client=None):
         import redis
         self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._watch_error = redis.exceptions.WatchError
@@ -52,6 +52,9 @@ class RedisTaskStore(TaskStore):
         self._listeners: list[Callable[[Task], None]] = []
         self._lock_token: str | None = None
         self._lock_stop = None
+        # Progress reaches Redis at most once per interval per task (a worker reports it for every frame).
+        self.progress_interval_s = progress_interval_s
+        self._last_progress_write: dict[str, float] = {}
 
     # ----------------------------------------------------------------- keys
     def _task_key(self, task_id: str) -> str:
@@ -232,6 +235,12 @@ class RedisTaskStore(TaskStore):
         return new
 
     def update_progress(self, task_id: str, progress: float, eta_s: float | None) -> None:
+        import time
+        now = time.monotonic()
+        if now - self._last_progress_write.get(task_id, float("-inf")) < self.progress_interval_s and progress < 100:
+            return
+        self._last_progress_write[task_id] = now
+
         def decide(old: Task) -> Task | None:
             if old.status != TaskStatus.processing:
                 return None
