@@ -27,7 +27,12 @@ read is one ``GET``.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import threading
+import time
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from media_cleaner.service.store.base import StoreError, TaskNotFound, TaskStore
 from media_cleaner.service.tasks import Task, TaskStatus, utc_now
@@ -94,9 +99,6 @@ class RedisTaskStore(TaskStore):
         self._take_lock()
 
     def _take_lock(self) -> None:
-        import os
-        import secrets
-        import threading
         token = f"{os.getpid()}:{secrets.token_hex(8)}"
         key = f"{self.prefix}server-lock"
         if not self._redis.set(key, token, nx=True, ex=LOCK_LEASE_S):
@@ -130,7 +132,6 @@ class RedisTaskStore(TaskStore):
 
     def _safe_url(self) -> str:
         """The URL without a password (it ends up in logs and errors)."""
-        from urllib.parse import urlsplit
         parts = urlsplit(self.url)
         host = parts.hostname or ""
         return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
@@ -235,7 +236,6 @@ class RedisTaskStore(TaskStore):
         return new
 
     def update_progress(self, task_id: str, progress: float, eta_s: float | None) -> None:
-        import time
         now = time.monotonic()
         if now - self._last_progress_write.get(task_id, float("-inf")) < self.progress_interval_s and progress < 100:
             return
