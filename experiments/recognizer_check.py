@@ -3,6 +3,9 @@
 
     .venv/bin/python -m experiments.recognizer_check ../shared/media/dev/faces [--per-person 6]
 
+(The development faces are not in the repository, their rights stay with their owners: they live in a folder
+beside the checkout. Any folder of ``<identity>/<photos>`` works.)
+
 Faces are found and cut with facenet-pytorch's MTCNN (160 px chip, margin 20), embedded with
 media_cleaner.protection.face_cloak.recognizer; folders starting with "_" (group shots) are skipped.
 """

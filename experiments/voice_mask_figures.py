@@ -1,4 +1,4 @@
-"""Measure the voice mask per level on development speech: the table of the voice-mask issue (issue 5).
+"""Measure the voice mask per level on development speech: EVALUATION.md's "Against its own surrogate" table.
 
 For each clip and level: protect it with :class:`~media_cleaner.protection.voice_mask.VoiceMask` at the clip's own rate and
 channels (10 s chunks, as the pipeline feeds them), take the result through an AAC 128 kbit/s round trip with
@@ -17,7 +17,8 @@ For tuning, ``--subset K`` keeps K clips spread over the list, and ``--define NA
 measures a custom :class:`~media_cleaner.protection.voice_mask.MaskLevel` (fields default to those of ``NAME`` when
 it is a shipped level).
 
-The media are read from ``--media`` (default ``../shared/media/dev``) and never copied.
+The media are read from ``--media`` (default ``../shared/media/dev``) and never copied. The development media (talking-head clips, face photos, speech of 10 speakers) are not in the repository: their rights stay with their owners, so they live in a folder beside the checkout, ``../shared/media/dev``.
+Any folder laid out the same way works: ``speech/<speaker>/<utterances>`` and ``videos/*.mp4``.
 """
 from __future__ import annotations
 

@@ -206,6 +206,12 @@ def next_indices(indices: list[int], frame_count: int) -> list[int]:
     return [min(i + 1, frame_count - 1) for i in indices]
 
 
+def read_with_next(path, indices: list[int], info, ffmpeg: str, threads: int):
+    """(the frames ``indices``, the frame after each), in one decode of ``path``."""
+    both = read_frames(path, indices + next_indices(indices, info.frame_count), info, ffmpeg, threads)
+    return both[:len(indices)], both[len(indices):]
+
+
 def _purified(originals: _Originals, variant, info, frames: list[np.ndarray], indices: list[int],
               scale: tuple[float, float], work: Path, ffmpeg: str, threads: int) -> dict:
     result = {}
@@ -225,7 +231,10 @@ def _score_video(original, original_info, variant, originals: _Originals, indice
     figures too."""
     info = probe(variant, ffmpeg)
     own_indices = matching_indices(indices, original_info.frame_count, info.frame_count)
-    frames = read_frames(variant, own_indices, info, ffmpeg, threads)
+    if work is None:
+        frames, following = read_frames(variant, own_indices, info, ffmpeg, threads), None
+    else:   # the flicker figure needs the frame after each sampled one too
+        frames, following = read_with_next(variant, own_indices, info, ffmpeg, threads)
     scale = (original_info.width / info.width, original_info.height / info.height)
     quality = video_quality(original, variant, original_info, ffmpeg=ffmpeg, threads=threads)
     at_original_size = _resize_to(frames, original_info.width, original_info.height)
@@ -233,7 +242,6 @@ def _score_video(original, original_info, variant, originals: _Originals, indice
     result = {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
               "quality": quality, "size": [info.width, info.height]}
     if work is not None:
-        following = read_frames(variant, next_indices(own_indices, info.frame_count), info, ffmpeg, threads)
         quality["flicker"] = face_flicker(originals.frames, originals.next_frames, at_original_size,
                                           _resize_to(following, original_info.width, original_info.height),
                                           originals.face_boxes)
@@ -340,10 +348,9 @@ def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_fram
     indices = even_indices(original_info.frame_count, frames)
     cnn_count = len(indices) if cnn_frames <= 0 else min(cnn_frames, len(indices))
     cnn_positions = even_indices(len(indices), cnn_count)
-    originals = _Originals(read_frames(original, indices, original_info, ffmpeg, threads), cnn_positions,
-                           [name for name in DETECTOR_ORDER if name in detectors],
-                           read_frames(original, next_indices(indices, original_info.frame_count), original_info,
-                                       ffmpeg, threads))
+    sampled, following = read_with_next(original, indices, original_info, ffmpeg, threads)
+    originals = _Originals(sampled, cnn_positions, [name for name in DETECTOR_ORDER if name in detectors],
+                           following)
 
     result: dict = {"original": str(original), "protected": str(protected), "frames_evaluated": len(indices),
                     "frames_evaluated_dlib_cnn": len(cnn_positions) if "dlib_cnn" in detectors else 0}

@@ -8,7 +8,6 @@ library. It is skipped only when run_server.py is absent; a server that cannot s
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,11 @@ if not (REPO / "run_server.py").is_file():
     pytest.skip("run_server.py is not there yet", allow_module_level=True)
 
 import client as mc  # noqa: E402
+from support.live_server import free_port  # noqa: E402
 from media_cleaner.media.ffmpeg import ENV_VARIABLE  # noqa: E402
 
 SERVER_START_TIMEOUT = 180.0   # importing torch and loading the detectors can take a while on a cold CPU box
 PROTECT_TIMEOUT = 900.0        # one 1-second clip, CPU in the worst case
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ffmpeg() -> str:
@@ -59,7 +53,7 @@ def live_server(tmp_path_factory):
     """Start run_server.py, wait for /health, yield its base URL, terminate it afterwards."""
     data_dir = tmp_path_factory.mktemp("server_data")
     log_path = data_dir.parent / "server_stdout.log"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # the server must not pick up the developer's own settings (API key, folders...)
     env = _clean_env()
@@ -215,6 +209,6 @@ def test_cancel(api, long_video, tmp_path):
 def test_cli_errors_against_live_server(live_server, tmp_path, capsys):
     assert mc.main(["status", "0" * 32, "--server", live_server]) == 2
     assert capsys.readouterr().err.startswith("error: ")
-    port = _free_port()
+    port = free_port()
     assert mc.main(["health", "--server", f"http://127.0.0.1:{port}"]) == 1
     assert "python run_server.py" in capsys.readouterr().err

@@ -16,7 +16,8 @@ from media_cleaner.service.store.base import TaskNotFound, TaskStore
 from media_cleaner.service.store.json_store import JsonTaskStore
 from media_cleaner.service.store.memory import MemoryTaskStore
 from media_cleaner.service.store.redis_store import RedisTaskStore
-from support.redis_server import free_port, redis_server
+from support.live_server import free_port
+from support.redis_server import redis_server
 from media_cleaner.service.tasks import Task, TaskStatus
 
 STORES = {"json": lambda request, tmp: JsonTaskStore(tmp / "queue_db" / "tasks.json", progress_interval_s=0.0),

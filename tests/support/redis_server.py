@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from support.live_server import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -22,12 +23,6 @@ def require_redis() -> str:
             raise RuntimeError("CI needs Debian's redis-server for the Redis store tests (.ci/run installs it)")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     return REDIS_SERVER
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -197,6 +197,7 @@ class RedisTaskStore(TaskStore):
                 except self._watch_error:
                     continue
             if new.status != old.status and new.status.finished:
+                self._last_progress_write.pop(task_id, None)
                 for listener in self._listeners:
                     listener(new.model_copy(deep=True))
             return old, new
