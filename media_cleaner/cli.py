@@ -99,6 +99,25 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A Celery worker of the distributed queue (settings from MEDIA_CLEANER_* as for the server)."""
+    from pydantic import ValidationError
+
+    from media_cleaner.config import load_settings
+    from media_cleaner.service.queue.celery_worker import run_worker
+    from media_cleaner.service.store.base import StoreError
+    try:
+        settings = load_settings(backend="celery", store="redis", max_concurrent_tasks=args.concurrency)
+    except ValidationError as exc:
+        raise UsageError(f"the settings are not valid: {exc}") from None
+    try:
+        run_worker(settings, name=args.name)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else Settings().api_keys_file
     if path is None:
@@ -216,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--role", choices=ROLES, default="user", help="user (own tasks) or admin (all tasks)")
     keys.add_argument("--file", help="keys file (default: MEDIA_CLEANER_API_KEYS_FILE)")
     keys.set_defaults(run=cmd_keys)
+
+    worker = commands.add_parser("worker", help="run a worker of the distributed queue (Celery with Redis): "
+                                                "settings as for the server, MEDIA_CLEANER_REDIS_URL above all")
+    worker.add_argument("--concurrency", type=int, help="videos processed at once (default: "
+                                                        "MEDIA_CLEANER_MAX_CONCURRENT_TASKS, 3)")
+    worker.add_argument("--name", help="this worker's name in /health and the logs (default: host-pid)")
+    worker.set_defaults(run=cmd_worker)
 
     evaluate = commands.add_parser("evaluate", help="measure the protection of a protected video (any pair)")
     evaluate.add_argument("--original", required=True, help="the video before protection")

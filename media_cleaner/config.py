@@ -83,6 +83,19 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis of the redis store")
     redis_prefix: str = Field("mc:", description="Prefix of the store's keys in Redis")
 
+    # Who runs the tasks: "threads" (worker threads inside the server, the embedded default) or "celery" (Celery
+    # workers on any number of machines, `python -m media_cleaner worker`; needs the redis store and a data
+    # folder every machine shares)
+    backend: Literal["threads", "celery"] = Field("threads", description="threads (embedded) or celery (distributed)")
+    broker_url: str | None = Field(None, description="Celery's broker (default: redis_url)")
+    queue_name: str = Field("media-cleaner", pattern=r"^[\w.-]+$", description="Celery queue the tasks go to")
+    worker_lease_s: float = Field(30.0, ge=1.0, le=3600.0,
+                                  description="A worker renews a lease on each task it runs; a task whose lease "
+                                              "ran out (the worker was killed or lost) is run again elsewhere")
+    visibility_timeout_s: float = Field(24 * 3600, ge=60.0,
+                                        description="Celery redelivers an unacknowledged message after this; "
+                                                    "longer than the longest task")
+
     # Webhooks
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key that signs webhook bodies")
     webhook_allow_private: bool = Field(False, description="Allow webhooks to loopback/private/link-local hosts")
@@ -128,6 +141,17 @@ class Settings(BaseSettings):
     @classmethod
     def _extensions(cls, values: list[str]) -> list[str]:
         return [v.lower() if v.startswith(".") else "." + v.lower() for v in values]
+
+    @model_validator(mode="after")
+    def _celery_needs_redis(self) -> "Settings":
+        if self.backend == "celery" and self.store != "redis":
+            raise ValueError("backend 'celery' needs the shared task store: set MEDIA_CLEANER_STORE=redis "
+                             "(workers on other machines cannot read queue_db/tasks.json)")
+        return self
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> "Settings":

@@ -1,6 +1,7 @@
 """Shared fixtures: a running in-process service on a temporary data folder, and small test media."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -30,20 +31,39 @@ def make_service(data_dir: Path, protector_factory=pass_through, store_factory=N
                                **({"store_factory": store_factory} if store_factory else {}))
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """One real redis-server for the session's Redis tests (each uses a key prefix of its own)."""
+    from support.redis_server import redis_server
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
 @pytest.fixture
 def api_factory(tmp_path):
     """Start the app (store + workers) on tmp_path; optional protector factory and setting overrides."""
-    clients = []
+    with contextlib.ExitStack() as stack:
+        def start(protector_factory=pass_through, **overrides) -> TestClient:
+            return stack.enter_context(TestClient(create_app(service=make_service(tmp_path, protector_factory,
+                                                                                  **overrides))))
+        yield start
 
-    def start(protector_factory=pass_through, **overrides) -> TestClient:
-        client = TestClient(create_app(service=make_service(tmp_path, protector_factory, **overrides)))
-        client.__enter__()
-        clients.append(client)
-        return client
 
-    yield start
-    for client in clients:
-        client.__exit__(None, None, None)
+@pytest.fixture
+def celery_api_factory(tmp_path, redis_url):
+    """The same on the distributed backend: the API on the Celery queue and the shared Redis store, and a real
+    Celery worker (in a thread of this process) running the tasks with the protector factory."""
+    from media_cleaner.service.core import MediaCleanerService
+    from support.distributed import celery_settings, in_process_worker, wait_until
+
+    with contextlib.ExitStack() as stack:
+        def start(protector_factory=pass_through, **overrides) -> TestClient:
+            settings = celery_settings(redis_url, tmp_path, **overrides)
+            stack.enter_context(in_process_worker(settings, protector_factory))
+            client = stack.enter_context(TestClient(create_app(service=MediaCleanerService(settings))))
+            wait_until(lambda: client.get("/health").json()["workers"] >= 1, 20, "the worker's first heartbeat")
+            return client
+        yield start
 
 
 @pytest.fixture

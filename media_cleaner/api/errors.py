@@ -7,6 +7,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from media_cleaner.service.store.base import StoreUnavailable
+
 log = logging.getLogger("media_cleaner.api")
 
 # Shared OpenAPI descriptions of error answers, so /docs lists them for each operation.
@@ -21,6 +23,7 @@ ERROR_RESPONSES = {
     401: {"description": "An API key is needed (X-API-Key) or the one sent is not valid"},
     403: {"description": "Not allowed for this API key"},
     429: {"description": "The queue is full; retry after Retry-After seconds"},
+    503: {"description": "The shared task store cannot be reached just now; retry after Retry-After seconds"},
     507: {"description": "The server is low on disk space"},
 }
 
@@ -53,6 +56,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # One error shape everywhere: detail is a string, as for every other error.
         return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # A shared store restarting: nothing was accepted or changed, so the client may simply try again.
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "The task store cannot be reached just now (it may be restarting); nothing "
+                                       "was changed. Please try again in a few seconds."},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
               f"port can upload, list and download videos. Configure keys (SERVER_DEPLOYMENT.md).",
               file=sys.stderr)
     base = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
-    print(f"Media Cleaner {settings.max_concurrent_tasks} workers, data in {settings.data_dir}\n"
+    workers = (f"Media Cleaner API on the distributed queue {settings.queue_name!r} (workers: python -m "
+               f"media_cleaner worker)" if settings.backend == "celery" else
+               f"Media Cleaner {settings.max_concurrent_tasks} workers")
+    print(f"{workers}, data in {settings.data_dir}\n"
           f"  API:  {base}/upload  (curl -F file=@video.mp4 {base}/upload)\n"
           f"  Docs: {base}/docs", flush=True)
     try:

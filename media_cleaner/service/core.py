@@ -21,6 +21,7 @@ from media_cleaner.service.store.base import TaskStore
 from media_cleaner.service.store.json_store import JsonTaskStore
 from media_cleaner.service.webhooks import WebhookSender
 from media_cleaner.protection.weights import face_recognizer_weights
+from media_cleaner.service.storage import configured_media
 from media_cleaner.service.files import PARTIAL_OUTPUTS, STORED_UPLOAD, is_unfinished_upload, output_name
 from media_cleaner.service.queue.threads import WorkerPool
 
@@ -30,23 +31,32 @@ log = logging.getLogger("media_cleaner")
 
 def configured_store(settings: Settings) -> TaskStore:
     """The store ``settings.store`` names: ``queue_db/tasks.json`` in the data folder (the embedded default) or
-    the shared Redis at ``settings.redis_url``."""
+    the shared Redis at ``settings.redis_url`` (opened by many processes at once with the celery backend)."""
     if settings.store == "redis":
         from media_cleaner.service.store.redis_store import RedisTaskStore
-        return RedisTaskStore(settings.redis_url, prefix=settings.redis_prefix,
+        return RedisTaskStore(settings.redis_url, prefix=settings.redis_prefix, shared=settings.backend == "celery",
                               progress_interval_s=settings.progress_write_interval_s)
     return JsonTaskStore(settings.tasks_file, progress_interval_s=settings.progress_write_interval_s)
+
+
+def configured_queue(settings: Settings, store: TaskStore) -> TaskQueue:
+    """What ``settings.backend`` names: worker threads in this server (the default), or the Celery queue."""
+    if settings.backend == "celery":
+        from media_cleaner.service.queue.celery_queue import CeleryQueue
+        return CeleryQueue(settings, store)
+    return WorkerPool(settings, store)
 
 
 class MediaCleanerService:
     """The store, the queue of workers, webhooks and retention, started and stopped together.
 
     ``store_factory(settings)`` makes the :class:`~.store.base.TaskStore` (default: :func:`configured_store`) and
-    ``pool_factory(settings, store)`` the :class:`~.queue.base.TaskQueue` that runs the tasks (default: worker
-    threads, :class:`~.queue.threads.WorkerPool`). A shared store and a distributed queue plug in here.
+    ``pool_factory(settings, store)`` the :class:`~.queue.base.TaskQueue` that runs the tasks (default:
+    :func:`configured_queue`: worker threads, or the distributed Celery queue).
     """
 
-    def __init__(self, settings: Settings, *, pool_factory: Callable[[Settings, TaskStore], TaskQueue] = WorkerPool,
+    def __init__(self, settings: Settings, *,
+                 pool_factory: Callable[[Settings, TaskStore], TaskQueue] = configured_queue,
                  store_factory: Callable[[Settings], TaskStore] = configured_store):
         self.settings = settings
         self.store = store_factory(settings)
@@ -55,7 +65,8 @@ class MediaCleanerService:
         self.webhooks = WebhookSender(secret=settings.webhook_secret, allow_private=settings.webhook_allow_private,
                                       max_attempts=settings.webhook_max_attempts,
                                       timeout_s=settings.webhook_timeout_s, record=self._record_webhook)
-        self.janitor = Janitor(settings, self.store)
+        self.media = configured_media(settings)
+        self.janitor = Janitor(settings, self.store, self.media)
         self.ffmpeg: FFmpegInfo | None = None
         self.started = False
 
@@ -68,11 +79,12 @@ class MediaCleanerService:
         self.ffmpeg = inspect_ffmpeg(settings.ffmpeg)   # refuses one the pipeline cannot use, before anything
         self.keys = KeyRing.load(settings.api_keys_file, settings.api_keys)
         self.store.open()
-        # The engines in processes of their own cannot crash the server: its crash is not the task's fault.
-        for task in self.store.recover(settings.max_attempts, charge_crashes=not self.pool.isolated):
-            log.warning("task %s was interrupted; now %s (attempt %d)", task.task_id, task.status.value,
-                        task.attempts)
-        self._remove_leftovers()
+        if not self.pool.distributed:   # else workers elsewhere are running tasks: their leases tell
+            # The engines in processes of their own cannot crash the server: its crash is not the task's fault.
+            for task in self.store.recover(settings.max_attempts, charge_crashes=not self.pool.isolated):
+                log.warning("task %s was interrupted; now %s (attempt %d)", task.task_id, task.status.value,
+                            task.attempts)
+            self._remove_leftovers()
         self.webhooks.start()
         for task in self.store.list(limit=10 ** 9)[0]:
             if task.status.finished:   # what the last run (or the recovery above) left to do
@@ -82,7 +94,7 @@ class MediaCleanerService:
         self.pool.start()   # and the models' warm-up, where the jobs will run
         self.started = True
         weights = face_recognizer_weights()
-        if not weights.is_file():
+        if not weights.is_file() and not self.pool.distributed:
             log.warning("the face recognizer's weights are missing (%s): face-cloak tasks will fail until "
                         "`python -m media_cleaner fetch-models` is run", weights)
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s (version %s, from %s%s)", settings.data_dir,
@@ -99,7 +111,7 @@ class MediaCleanerService:
 
     def _task_finished(self, task: Task, resend: bool = True) -> None:
         """Runs under the store's lock when a task completes, fails or is cancelled: quick work only."""
-        drop_input(self.settings, task)
+        drop_input(self.settings, self.media, task)
         if resend:
             self.webhooks.notify(task)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from media_cleaner.config import Settings
-from media_cleaner.service.tasks import Task
 
 # Uploads are stored as "<task id><ext>" and written as ".<task id>.part" until complete.
 STORED_UPLOAD = re.compile(r"^[0-9a-f]{32}\.[\w]+$")
@@ -38,12 +36,20 @@ def preview_name(task_id: str) -> str:
     return f"{task_id}_preview.png"
 
 
+def upload_key(task_id: str, extension: str) -> str:
+    """The storage key of a stored upload (see :mod:`.storage`): its path under the data folder."""
+    return f"videos_input/{upload_name(task_id, extension)}"
+
+
+def output_key(task_id: str, original_filename: str) -> str:
+    return f"videos_output/{output_name(task_id, original_filename)}"
+
+
+def preview_key(task_id: str) -> str:
+    return f"videos_output/{preview_name(task_id)}"
+
+
 def download_name(original_filename: str) -> str:
     """What the person's browser saves the protected video as."""
     return f"{Path(original_filename).stem or 'video'}_protected.mp4"
 
-
-def task_files(settings: Settings, task: Task) -> list[Path]:
-    """Every file the service keeps for ``task``: its upload and everything named after it in the outputs."""
-    files = [settings.data_dir / task.input_video] if task.input_video else []
-    return files + sorted(settings.output_dir.glob(f"{task.task_id}_*"))

@@ -42,8 +42,10 @@ class NoSecretsInURLs(logging.Filter):
         return True
 
 
-def setup_logging(settings: Settings) -> None:
-    """Install the handlers (again, replacing earlier ones: tests start several servers in one process)."""
+def setup_logging(settings: Settings, stem: str = "server") -> None:
+    """Install the handlers (again, replacing earlier ones: tests start several servers in one process).
+    ``stem``: the logs' names; a distributed worker logs to ``worker-<its name>.log`` and ``….queue.log`` in
+    the shared folder, as a rotating file must have one writer."""
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for handler in _installed:
@@ -66,7 +68,7 @@ def setup_logging(settings: Settings) -> None:
     _installed.append(console)
 
     root.setLevel(settings.log_level)
-    root.addHandler(rotating("server.log"))
+    root.addHandler(rotating(f"{stem}.log"))
     root.addHandler(console)
     # uvicorn installs its own handlers; route its records through ours so they reach server.log.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
@@ -78,4 +80,5 @@ def setup_logging(settings: Settings) -> None:
     access.addFilter(NoSecretsInURLs())
     if settings.log_level != "DEBUG":
         access.addFilter(QuietPolls())
-    logging.getLogger("media_cleaner.queue").addHandler(rotating("queue.log"))
+    queue_log = "queue.log" if stem == "server" else f"{stem}.queue.log"
+    logging.getLogger("media_cleaner.queue").addHandler(rotating(queue_log))

@@ -15,20 +15,28 @@ from datetime import datetime, timedelta, timezone
 from media_cleaner.config import Settings
 from media_cleaner.service.tasks import Task, TaskStatus, utc_now
 from media_cleaner.service.store.base import TaskNotFound, TaskStore
-from media_cleaner.service.files import task_files
+from media_cleaner.service.storage import MediaStorage, configured_media
 
 log = logging.getLogger("media_cleaner.queue")
 
 
-def drop_input(settings: Settings, task: Task) -> None:
+def drop_input(settings: Settings, media: MediaStorage, task: Task) -> None:
     """Delete a finished task's upload (called when a task finishes)."""
     if not settings.keep_inputs and task.input_video:
-        (settings.data_dir / task.input_video).unlink(missing_ok=True)
+        media.delete(task.input_video)
 
 
-def sweep(settings: Settings, store: TaskStore, now: datetime | None = None) -> dict[str, int]:
+def delete_task_media(media: MediaStorage, task: Task) -> None:
+    """The task's upload and everything named after it among the outputs (video, report sheet)."""
+    for key in media.task_keys(task):
+        media.delete(key)
+
+
+def sweep(settings: Settings, store: TaskStore, now: datetime | None = None,
+          media: MediaStorage | None = None) -> dict[str, int]:
     """One pass; returns how many outputs expired and how many tasks were pruned."""
     now = now or datetime.now(timezone.utc)
+    media = media or configured_media(settings)
     output_deadline = now - timedelta(hours=settings.output_retention_hours)
     task_deadline = now - timedelta(days=settings.task_retention_days)
     expired = pruned = 0
@@ -39,12 +47,10 @@ def sweep(settings: Settings, store: TaskStore, now: datetime | None = None) -> 
         try:
             if ended < task_deadline:
                 store.delete(task.task_id)
-                for path in task_files(settings, task):
-                    path.unlink(missing_ok=True)
+                delete_task_media(media, task)
                 pruned += 1
             elif ended < output_deadline and task.status == TaskStatus.completed and task.expired_at is None:
-                for path in task_files(settings, task):
-                    path.unlink(missing_ok=True)
+                delete_task_media(media, task)
                 store.update(task.task_id, expired_at=utc_now())
                 expired += 1
         except TaskNotFound:   # deleted by a user meanwhile
@@ -57,8 +63,8 @@ def sweep(settings: Settings, store: TaskStore, now: datetime | None = None) -> 
 class Janitor:
     """Runs :func:`sweep` now and then, in a daemon thread."""
 
-    def __init__(self, settings: Settings, store: TaskStore):
-        self.settings, self.store = settings, store
+    def __init__(self, settings: Settings, store: TaskStore, media: MediaStorage):
+        self.settings, self.store, self.media = settings, store, media
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
 
@@ -72,7 +78,7 @@ class Janitor:
     def _run(self) -> None:
         while True:
             try:
-                sweep(self.settings, self.store)
+                sweep(self.settings, self.store, media=self.media)
             except Exception:
                 log.exception("retention sweep failed")
             if self._stop.wait(self.settings.cleanup_interval_s):

@@ -25,6 +25,12 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def claimed_fields(task: "Task") -> dict[str, Any]:
+    """What changes when a worker starts ``task`` (pending -> processing): every store claims the same way."""
+    return {"status": TaskStatus.processing, "started_at": utc_now(), "attempts": task.attempts + 1,
+            "progress": 0.0, "eta_s": None, "error_message": None}
+
+
 class Task(BaseModel):
     """One protection job. Unknown fields from a newer (or older) tasks.json are kept, not dropped."""
 

@@ -32,12 +32,6 @@ def task(i: int, **fields) -> Task:
                    "video_strength": 1.0, "audio_level": "weak", "every_n_frames": 10, **fields})
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
 @pytest.fixture(params=sorted(STORES))
 def store(request, tmp_path) -> TaskStore:
     made = STORES[request.param](request, tmp_path)
@@ -102,6 +96,30 @@ def test_transition_is_compare_and_set_and_finishing_calls_the_listeners(store):
         thread.join()
     assert sum(w is not None for w in winners) == 1   # one caller wins, the others see it already done
     assert [t.status for t in finished] == [TaskStatus.cancelled]
+
+
+def test_a_task_is_claimed_by_its_id_once(store):
+    """The distributed queue delivers a task by id: the claim wins once, whatever the messages say."""
+    store.add(task(1))
+    store.add(task(2))
+    claimed = store.claim(f"{2:032x}")
+    assert claimed.status == TaskStatus.processing and claimed.attempts == 1
+    assert store.claim(f"{2:032x}") is None and store.claim("0" * 31 + "f") is None
+    assert store.queue_position(f"{1:032x}") == 1
+
+
+def test_the_attempt_fences_a_run_that_lost_its_task(store):
+    """A run that lost its task (taken back, claimed again) cannot finish it: its attempt no longer matches."""
+    store.add(task(1))
+    first = store.claim(f"{1:032x}")
+    store.transition(first.task_id, [TaskStatus.processing], attempt=first.attempts, status=TaskStatus.pending)
+    second = store.claim(first.task_id)
+    assert second.attempts == first.attempts + 1
+    assert store.transition(first.task_id, [TaskStatus.processing], attempt=first.attempts,
+                            status=TaskStatus.completed) is None
+    done = store.transition(first.task_id, [TaskStatus.processing], attempt=second.attempts,
+                            status=TaskStatus.completed)
+    assert done.status == TaskStatus.completed
 
 
 def test_progress_is_seen_at_once_and_never_goes_back(store):
@@ -226,3 +244,28 @@ def test_an_unreachable_redis_is_a_clear_error():
     with pytest.raises(StoreError, match="cannot be reached.*MEDIA_CLEANER_REDIS_URL"):
         RedisTaskStore(f"redis://127.0.0.1:{free_port()}/0").open()
 
+
+
+def test_shared_stores_take_no_server_lock(redis_url):
+    """With the distributed queue many API and worker processes open one store at once."""
+    prefix = f"shared{uuid.uuid4().hex[:6]}:"
+    first, second = (RedisTaskStore(redis_url, prefix=prefix, shared=True) for _ in range(2))
+    first.open()
+    second.open()
+    first.add(task(1))
+    assert second.get(f"{1:032x}").original_filename == "v1.mp4"
+    first.close()
+    second.close()
+
+
+def test_a_redis_that_goes_away_is_store_unavailable(tmp_path):
+    """Every call says "unavailable" (the API answers 503, the workers wait) instead of a Redis error."""
+    from media_cleaner.service.store.base import StoreUnavailable
+    with redis_server(tmp_path / "redis") as url:
+        store = RedisTaskStore(url, prefix="gone:", shared=True)
+        store.open()
+        store.add(task(1))
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
+        store.get(f"{1:032x}")
+    with pytest.raises(StoreUnavailable):
+        store.claim(f"{1:032x}")

@@ -25,33 +25,49 @@ def require_redis() -> str:
     return REDIS_SERVER
 
 
-@contextmanager
-def redis_server(folder: Path):
-    """A running redis-server; yields its URL, stops it afterwards."""
-    executable = require_redis()
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                                "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-                                "--daemonize", "no", "--logfile", str(folder / "redis.log")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
+class RedisServer:
+    """A redis-server on a port of its own, its data (the append-only file) in ``folder``; restartable on the
+    same port and data, as an operator restarts Redis."""
+
+    def __init__(self, folder: Path):
+        self.executable = require_redis()
+        self.folder, self.port = folder, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> "RedisServer":
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+             "--logfile", str(self.folder / "redis.log")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         import redis
         deadline = time.monotonic() + 20
         while True:
             try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()[-2000:]}")
+                redis.Redis.from_url(self.url).ping()
+                return self
+            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start: {(self.folder / 'redis.log').read_text()[-2000:]}")
                 time.sleep(0.05)
-        yield url
+
+    def stop(self) -> None:
+        """SIGTERM: Redis flushes its append-only file and exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def redis_server(folder: Path):
+    """A running redis-server; yields its URL, stops it afterwards."""
+    server = RedisServer(folder).start()
+    try:
+        yield server.url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()

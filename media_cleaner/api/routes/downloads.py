@@ -29,8 +29,8 @@ def download(task: TaskDep, service: ServiceDep) -> FileResponse:
         raise HTTPException(410, f"The protected video expired on {task.expired_at[:10]} and was deleted "
                                  f"(kept {service.settings.output_retention_hours:g} hours). Upload the "
                                  f"original again to get a new one.")
-    path = service.settings.data_dir / (task.output_video or "")
-    if not task.output_video or not path.is_file():
+    path = service.media.serve(task.output_video or "")
+    if path is None:
         raise HTTPException(410, "The protected video is no longer on the server (expired or removed). "
                                  "Upload the original again to get a new one.")
     return FileResponse(path, media_type="video/mp4", filename=download_name(task.original_filename))

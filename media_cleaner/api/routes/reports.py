@@ -52,7 +52,7 @@ def preview(task: TaskDep, service: ServiceDep) -> FileResponse:
     if not figures.get("preview"):
         raise HTTPException(409, "This task's report has no preview sheet: "
                                  f"{figures.get('error', 'it was not rendered')}")
-    path = service.settings.data_dir / figures["preview"]
-    if not path.is_file():
+    path = service.media.serve(figures["preview"])
+    if path is None:
         raise HTTPException(410, "The preview is no longer on the server (expired or removed).")
     return FileResponse(path, media_type="image/png", filename=f"{task.task_id}_preview.png")

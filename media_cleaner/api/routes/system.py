@@ -4,7 +4,8 @@ Both are ``async def`` (run on the event loop, no thread-pool hop): they read on
 ``counts()`` takes no lock (a snapshot of the in-memory tasks), the settings are in memory, and
 ``WorkerPool.busy()`` takes the pool's ``_running_lock``, which is only ever held for a dict operation on
 the running tasks (at shutdown, also to set cancel flags and send kill signals): never across a wait, I/O
-or a task's run.
+or a task's run. The distributed queue's figures come from the workers' heartbeats in Redis, read at most
+once a second and cached in between (a few milliseconds at most, with 2-second socket timeouts).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ async def stats(service: ServiceDep, user: CurrentUser) -> dict:
         "queue": service.store.counts(),
         "workers": {"count": service.pool.size, "busy": service.pool.busy(),
                     "threads_per_worker": settings.threads_per_worker},
+        "backend": service.pool.health(),
         "limits": {"max_concurrent_tasks": settings.max_concurrent_tasks,
                    "max_video_size_gb": settings.max_video_size_gb,
                    "max_upload_bytes": settings.max_upload_bytes,
@@ -58,7 +60,11 @@ async def stats(service: ServiceDep, user: CurrentUser) -> dict:
 async def health(service: ServiceDep) -> dict:
     # "degraded": a worker has made no progress for the ffmpeg watchdog's time (a child is about to be
     # killed, or the engines are stuck); the server itself still answers.
+    # With the distributed queue, also "degraded" while the broker is unreachable or no worker is alive.
     stalled = service.pool.stalled()
-    return {"status": "degraded" if stalled else "ok", "version": __version__, "workers": service.pool.size,
-            "busy": service.pool.busy(), "stalled": stalled,
+    backend = service.pool.health()
+    distributed_trouble = backend["backend"] == "celery" and (
+        backend["broker"] != "ok" or not backend["workers_alive"] or "store" in backend)
+    return {"status": "degraded" if stalled or distributed_trouble else "ok", "version": __version__,
+            "workers": service.pool.size, "busy": service.pool.busy(), "stalled": stalled, "backend": backend,
             "ffmpeg": service.ffmpeg.public() if service.ffmpeg else None}

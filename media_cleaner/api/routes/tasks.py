@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from media_cleaner.service.tasks import TaskList, TaskStatus, TaskView, utc_now
-from media_cleaner.service.files import task_files
+from media_cleaner.service.retention import delete_task_media
 from media_cleaner.service.store.json_store import TaskNotFound
 from media_cleaner.api.deps import CurrentUser, ServiceDep, TaskDep
 from media_cleaner.api.errors import error_responses
@@ -54,7 +54,7 @@ async def list_tasks(service: ServiceDep, user: CurrentUser,
                            "task is deleted with its files; the answer is `{\"task_id\": …, \"deleted\": true}`.")
 def cancel_or_delete_task(task: TaskDep, service: ServiceDep) -> dict:
     # A plain def (thread pool): it writes the store (fsync, under the store's lock) and deletes files.
-    store, data_dir = service.store, service.settings.data_dir
+    store = service.store
     active = [TaskStatus.pending, TaskStatus.processing]
     # The new state is persisted first, then acted on: a crash in between leaves it cancelled.
     cancelled = store.transition(task.task_id, active, status=TaskStatus.cancelled,
@@ -62,13 +62,11 @@ def cancel_or_delete_task(task: TaskDep, service: ServiceDep) -> dict:
     if cancelled is not None:
         service.pool.cancel(task.task_id)
         if cancelled.input_video:
-            (data_dir / cancelled.input_video).unlink(missing_ok=True)
+            service.media.delete(cancelled.input_video)
         return cancelled.public()
     try:
         removed = store.delete(task.task_id)
     except TaskNotFound:   # deleted by a concurrent request
         return {"task_id": task.task_id, "deleted": True}
-    # task_files: the upload and everything named after the task in the outputs (video, report preview).
-    for path in task_files(service.settings, removed):
-        path.unlink(missing_ok=True)
+    delete_task_media(service.media, removed)
     return {"task_id": task.task_id, "deleted": True}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from media_cleaner.service.tasks import Task, TaskView
-from media_cleaner.service.files import upload_name, upload_part_name
+from media_cleaner.service.files import upload_key, upload_part_name
 from media_cleaner.params import (
     AUDIO_LEVEL_ALIASES,
     AUDIO_LEVELS,
@@ -172,14 +172,16 @@ async def _upload(request: Request, service: MediaCleanerService, user: Principa
             raise HTTPException(415, str(exc))
         _check_media(settings, info)
 
-        stored = settings.input_dir / upload_name(task_id, extension)
-        task = Task(task_id=task_id, input_video=str(stored.relative_to(settings.data_dir)),
+        key = upload_key(task_id, extension)
+        stored = service.media.local_path(key)
+        task = Task(task_id=task_id, input_video=key,
                     original_filename=received.filename, size_bytes=received.size, media=info.summary(),
                     **params.as_dict(), **text)
 
         def record() -> None:
             part_path.rename(stored)
             try:
+                service.media.publish(key)
                 service.store.add(task)
             except BaseException:
                 stored.unlink(missing_ok=True)
@@ -189,7 +191,7 @@ async def _upload(request: Request, service: MediaCleanerService, user: Principa
     except BaseException:
         discard(part_path)
         raise
-    service.pool.notify()
+    service.pool.notify(task_id)
     return JSONResponse(task.public(), status_code=202, headers={"Location": f"/status/{task_id}"})
 
 

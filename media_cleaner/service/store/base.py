@@ -9,7 +9,7 @@ The contract, beyond the signatures:
 - every change is durable before the method returns (the caller acts on it next: deletes a file, answers);
 - reads (:meth:`get`, :meth:`list`, :meth:`counts`, :meth:`queue_position`) never wait for a writer: the
   async routes call them on the event loop;
-- :meth:`transition` and :meth:`claim_next` are atomic compare-and-set: of two callers, one wins;
+- :meth:`transition`, :meth:`claim` and :meth:`claim_next` are atomic compare-and-set: of two callers, one wins;
 - the listeners given to :meth:`on_finished` run once for each task that reaches a finished state.
 
 :meth:`TaskStore.recover` is written once, here, from the other methods: the crash policy is the same
@@ -24,6 +24,10 @@ from media_cleaner.service.tasks import Task, TaskStatus, utc_now
 
 class StoreError(RuntimeError):
     """The store cannot be opened; the message says what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached just now (a shared store's server is down or restarting): try again."""
 
 
 class TaskNotFound(KeyError):
@@ -70,8 +74,11 @@ class TaskStore(Protocol):
     def update(self, task_id: str, **fields: Any) -> Task:
         """Change fields of a task; the task as it now is."""
 
-    def transition(self, task_id: str, expected: Iterable[TaskStatus], **fields: Any) -> Task | None:
-        """Change the task only if its status is one of ``expected`` (atomically); None when it was not."""
+    def transition(self, task_id: str, expected: Iterable[TaskStatus], *, attempt: int | None = None,
+                   **fields: Any) -> Task | None:
+        """Change the task only if its status is one of ``expected`` and, with ``attempt``, its ``attempts`` is
+        that number (atomically); None when it was not. ``attempt`` fences a run: a worker that lost its task
+        to another (the task was taken back and claimed again) can no longer change it."""
 
     def update_progress(self, task_id: str, progress: float, eta_s: float | None) -> None:
         """Progress of a running task; it never goes back. A store may write it at most once per its progress
@@ -79,6 +86,10 @@ class TaskStore(Protocol):
 
     def claim_next(self) -> Task | None:
         """The oldest pending task, moved to processing with one more attempt (FIFO); None when none waits."""
+
+    def claim(self, task_id: str) -> Task | None:
+        """That task, moved from pending to processing with one more attempt; None when it is not pending (a
+        distributed queue delivers a task by its id)."""
 
     def delete(self, task_id: str) -> Task:
         """Remove the task record; the task as it was."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from media_cleaner.service.store.base import MAX_SERVER_CRASHES, StoreError, TaskNotFound, TaskStore
-from media_cleaner.service.tasks import Task, TaskStatus, utc_now
+from media_cleaner.service.tasks import Task, TaskStatus, claimed_fields
 
 __all__ = ["JsonTaskStore", "StoreError", "TaskNotFound", "MAX_SERVER_CRASHES"]
 
@@ -236,14 +236,15 @@ class JsonTaskStore(TaskStore):
         persisted, with the store's lock held: the listener must be quick and must not block)."""
         self._finished_listeners.append(listener)
 
-    def transition(self, task_id: str, expected: Iterable[TaskStatus], **fields: Any) -> Task | None:
+    def transition(self, task_id: str, expected: Iterable[TaskStatus], *, attempt: int | None = None,
+                   **fields: Any) -> Task | None:
         """Apply ``fields`` only if the task is still in one of ``expected`` states (compare-and-set).
 
         Returns the updated task, or None when another thread changed its state first (e.g. a cancel).
         """
         with self._lock:
             task = self._tasks.get(task_id)
-            if task is None or task.status not in tuple(expected):
+            if task is None or task.status not in tuple(expected) or attempt not in (None, task.attempts):
                 return None
             return self.update(task_id, **fields)
 
@@ -266,11 +267,16 @@ class JsonTaskStore(TaskStore):
         with self._lock:
             for task in self._tasks.values():   # insertion order == upload order
                 if task.status == TaskStatus.pending:
-                    self._last_progress_write[task.task_id] = time.monotonic()
-                    return self.update(task.task_id, status=TaskStatus.processing, started_at=utc_now(),
-                                       attempts=task.attempts + 1, progress=0.0, eta_s=None,
-                                       error_message=None)
+                    return self.claim(task.task_id)
             return None
+
+    def claim(self, task_id: str) -> Task | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.status != TaskStatus.pending:
+                return None
+            self._last_progress_write[task_id] = time.monotonic()
+            return self.update(task_id, **claimed_fields(task))
 
     def delete(self, task_id: str) -> Task:
         with self._lock:

@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable, Iterable
 
 from media_cleaner.service.store.base import TaskNotFound, TaskStore
-from media_cleaner.service.tasks import Task, TaskStatus, utc_now
+from media_cleaner.service.tasks import Task, TaskStatus, claimed_fields
 
 
 class MemoryTaskStore(TaskStore):
@@ -72,10 +72,11 @@ class MemoryTaskStore(TaskStore):
                     listener(task.model_copy(deep=True))
             return task.model_copy(deep=True)
 
-    def transition(self, task_id: str, expected: Iterable[TaskStatus], **fields: Any) -> Task | None:
+    def transition(self, task_id: str, expected: Iterable[TaskStatus], *, attempt: int | None = None,
+                   **fields: Any) -> Task | None:
         with self._lock:
             task = self._tasks.get(task_id)
-            if task is None or task.status not in tuple(expected):
+            if task is None or task.status not in tuple(expected) or attempt not in (None, task.attempts):
                 return None
             return self.update(task_id, **fields)
 
@@ -91,9 +92,15 @@ class MemoryTaskStore(TaskStore):
         with self._lock:
             for task in self._tasks.values():
                 if task.status == TaskStatus.pending:
-                    return self.update(task.task_id, status=TaskStatus.processing, started_at=utc_now(),
-                                       attempts=task.attempts + 1, progress=0.0, eta_s=None, error_message=None)
+                    return self.claim(task.task_id)
             return None
+
+    def claim(self, task_id: str) -> Task | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.status != TaskStatus.pending:
+                return None
+            return self.update(task_id, **claimed_fields(task))
 
     def delete(self, task_id: str) -> Task:
         with self._lock:

@@ -14,18 +14,21 @@ Layout (every key under ``prefix``, default ``mc:``):
   ``user:<u>:status:<s>``, sorted the same way, so listing a user's tasks in one state, counting, and a
   task's queue position are index reads (``ZREVRANGE``/``ZCARD``/``ZRANK``), never scans.
 
-One server per store, for now: :meth:`RedisTaskStore.open` takes ``server-lock`` (a key with a 30 s lease that
-a background thread renews), and a second server on the same Redis and prefix stops at start-up, as on the
-same data folder. Start-up recovery puts back tasks a crash left in processing, which is only right while no
-other server is processing; several API and worker machines on one store need the distributed queue, whose
-workers acknowledge their tasks.
+With the embedded worker threads, one server per store: :meth:`RedisTaskStore.open` takes ``server-lock`` (a key
+with a 30 s lease that a background thread renews), and a second server on the same Redis and prefix stops at
+start-up, as on the same data folder, because start-up recovery puts back every task a crash left in
+processing, which is only right while no other server is processing. With the distributed queue
+(``shared=True``) many API and worker processes open the store at once and take no lock: each running task has
+a lease of its own instead (:mod:`media_cleaner.service.queue.celery_queue`).
 
 Every change is a compare-and-set (``WATCH`` the task's key, read, ``MULTI`` … ``EXEC``, retried when another
 client changed it in between): of two machines cancelling and claiming the same task, one wins. A status
-read is one ``GET``.
+read is one ``GET``. While Redis cannot be reached (down, restarting) every method raises
+:class:`~.base.StoreUnavailable`; the API answers 503 and the workers wait for it to come back.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -34,8 +37,8 @@ import time
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
-from media_cleaner.service.store.base import StoreError, TaskNotFound, TaskStore
-from media_cleaner.service.tasks import Task, TaskStatus, utc_now
+from media_cleaner.service.store.base import StoreError, StoreUnavailable, TaskNotFound, TaskStore
+from media_cleaner.service.tasks import Task, TaskStatus, claimed_fields
 
 log = logging.getLogger("media_cleaner.queue")
 
@@ -46,10 +49,24 @@ LOCK_LEASE_S = 30
 LOCK_RENEW_S = 10
 
 
+def _reachable(method):
+    """Redis's connection errors as StoreUnavailable, which callers handle without knowing Redis."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except self._redis_errors as exc:
+            raise StoreUnavailable(f"The task store's Redis at {self._safe_url()} cannot be reached ({exc}).") \
+                from exc
+    return wrapper
+
+
 class RedisTaskStore(TaskStore):
-    def __init__(self, url: str, *, prefix: str = "mc:", progress_interval_s: float = 1.0, client=None):
+    def __init__(self, url: str, *, prefix: str = "mc:", progress_interval_s: float = 1.0, shared: bool = False,
+                 client=None):
         import redis
         self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.shared = shared   # opened by many processes at once (the distributed queue): no server lock
         self._watch_error = redis.exceptions.WatchError
         self.url, self.prefix = url, prefix
         self._redis = client or redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
@@ -96,7 +113,8 @@ class RedisTaskStore(TaskStore):
             log.warning("Redis at %s runs with appendonly=%s, appendfsync=%s: a crash of the Redis host can lose "
                         "the last task changes. Set appendonly yes and appendfsync always.", self._safe_url(),
                         config.get("appendonly"), config.get("appendfsync"))
-        self._take_lock()
+        if not self.shared:
+            self._take_lock()
 
     def _take_lock(self) -> None:
         token = f"{os.getpid()}:{secrets.token_hex(8)}"
@@ -142,9 +160,16 @@ class RedisTaskStore(TaskStore):
             raise TaskNotFound(task_id)
         return Task.model_validate_json(raw)
 
+    @property
+    def client(self):
+        """The Redis connection, for what lives beside the tasks (the distributed queue's leases)."""
+        return self._redis
+
+    @_reachable
     def get(self, task_id: str) -> Task:
         return self._load(self._redis.get(self._task_key(task_id)), task_id)
 
+    @_reachable
     def list(self, *, user_id: str | None = None, status: TaskStatus | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[Task], int]:
         key = self._index_key(user_id, status)
@@ -155,6 +180,7 @@ class RedisTaskStore(TaskStore):
         raws = self._redis.mget([self._task_key(i) for i in ids]) if ids else []
         return [Task.model_validate_json(raw) for raw in raws if raw is not None], total
 
+    @_reachable
     def counts(self) -> dict[str, int]:
         pipe = self._redis.pipeline(transaction=False)
         for status in TaskStatus:
@@ -163,13 +189,16 @@ class RedisTaskStore(TaskStore):
         counts = {status.value: value for status, value in zip(TaskStatus, values)}
         return counts | {"total": sum(values)}
 
+    @_reachable
     def queue_position(self, task_id: str) -> int | None:
         rank = self._redis.zrank(f"{self.prefix}status:pending", task_id)
         return None if rank is None else rank + 1
 
+    @_reachable
     def count_pending(self, user_id: str | None = None) -> int:
         return self._redis.zcard(self._index_key(user_id, TaskStatus.pending))
 
+    @_reachable
     def ids(self) -> set[str]:
         return set(self._redis.zrange(f"{self.prefix}order", 0, -1))
 
@@ -203,6 +232,7 @@ class RedisTaskStore(TaskStore):
             return old, new
         raise StoreError(f"task {task_id} kept changing under {MAX_RETRIES} attempts to update it")
 
+    @_reachable
     def add(self, task: Task) -> Task:
         key = self._task_key(task.task_id)
         sequence = self._redis.incr(f"{self.prefix}seq")
@@ -223,19 +253,23 @@ class RedisTaskStore(TaskStore):
             return task
         raise StoreError(f"task {task.task_id} could not be added")
 
+    @_reachable
     def update(self, task_id: str, **fields: Any) -> Task:
         _, new = self._change(task_id, lambda old: old.model_copy(update=fields, deep=True))
         return new
 
-    def transition(self, task_id: str, expected: Iterable[TaskStatus], **fields: Any) -> Task | None:
+    @_reachable
+    def transition(self, task_id: str, expected: Iterable[TaskStatus], *, attempt: int | None = None,
+                   **fields: Any) -> Task | None:
         allowed = tuple(expected)
         try:
             _, new = self._change(task_id, lambda old: old.model_copy(update=fields, deep=True)
-                                  if old.status in allowed else None)
+                                  if old.status in allowed and attempt in (None, old.attempts) else None)
         except TaskNotFound:
             return None
         return new
 
+    @_reachable
     def update_progress(self, task_id: str, progress: float, eta_s: float | None) -> None:
         now = time.monotonic()
         if now - self._last_progress_write.get(task_id, float("-inf")) < self.progress_interval_s and progress < 100:
@@ -252,23 +286,28 @@ class RedisTaskStore(TaskStore):
         except TaskNotFound:
             pass
 
+    @_reachable
     def claim_next(self) -> Task | None:
         pending = f"{self.prefix}status:pending"
         for _ in range(MAX_RETRIES):
             oldest = self._redis.zrange(pending, 0, 0)
             if not oldest:
                 return None
-            try:
-                _, claimed = self._change(oldest[0], lambda old: old.model_copy(update={
-                    "status": TaskStatus.processing, "started_at": utc_now(), "attempts": old.attempts + 1,
-                    "progress": 0.0, "eta_s": None, "error_message": None}) if old.status == TaskStatus.pending
-                    else None)
-            except TaskNotFound:
-                continue
+            claimed = self.claim(oldest[0])
             if claimed is not None:
                 return claimed
         return None
 
+    @_reachable
+    def claim(self, task_id: str) -> Task | None:
+        try:
+            _, claimed = self._change(task_id, lambda old: old.model_copy(update=claimed_fields(old))
+                                      if old.status == TaskStatus.pending else None)
+        except TaskNotFound:
+            return None
+        return claimed
+
+    @_reachable
     def delete(self, task_id: str) -> Task:
         key = self._task_key(task_id)
         for _ in range(MAX_RETRIES):
