@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from media_cleaner.service.auth import ROLES, KeyConfigError, KeyRing, add_key, revoke_user
+from media_cleaner.service.store.base import StoreError
 from media_cleaner.config import Settings
 from media_cleaner.evaluation import EvaluationError
 from media_cleaner.media.ffmpeg import FFmpegNotFound, inspect_ffmpeg
@@ -105,16 +106,52 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from media_cleaner.config import load_settings
     from media_cleaner.service.queue.celery_worker import run_worker
-    from media_cleaner.service.store.base import StoreError
     try:
         settings = load_settings(backend="celery", store="redis", max_concurrent_tasks=args.concurrency)
     except ValidationError as exc:
         raise UsageError(f"the settings are not valid: {exc}") from None
+    run_worker(settings, name=args.name)
+    return 0
+
+
+def cmd_move_tasks(args: argparse.Namespace) -> int:
+    """Copy ``queue_db/tasks.json`` into the Redis store: the move from the embedded default to the shared store.
+
+    The data folder's lock is taken first, so it refuses while the old server runs. Tasks are added oldest
+    first (the queue keeps its order); one left in processing by the old server goes back to pending, its
+    attempt given back, as the old server's own start-up would do; ``tasks.json`` itself is not changed (it
+    stays as the backup). Tasks Redis already has are skipped, so it can be run again."""
+    from media_cleaner.config import load_settings
+    from media_cleaner.service.store.json_store import JsonTaskStore
+    from media_cleaner.service.store.redis_store import RedisTaskStore
+    from media_cleaner.service.tasks import TaskStatus
+    settings = load_settings(store="redis")
+    if not settings.tasks_file.is_file():
+        raise UsageError(f"there is no {settings.tasks_file} to move (set MEDIA_CLEANER_DATA_DIR to the old "
+                         f"server's data folder)")
+    source = JsonTaskStore(settings.tasks_file)
+    target = RedisTaskStore(settings.redis_url, prefix=settings.redis_prefix, shared=True)
+    source.open()
     try:
-        run_worker(settings, name=args.name)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        target.open()
+        known = target.ids()
+        moved = skipped = 0
+        for task in reversed(source.list(limit=10 ** 9)[0]):   # oldest first
+            if task.task_id in known:
+                skipped += 1
+                continue
+            if task.status == TaskStatus.processing:
+                task = task.model_copy(update={"status": TaskStatus.pending, "progress": 0.0, "eta_s": None,
+                                               "started_at": None, "attempts": max(0, task.attempts - 1)})
+            target.add(task)
+            moved += 1
+        counts = target.counts()
+    finally:
+        source.close()
+        target.close()
+    print(f"moved {moved} tasks to {target._safe_url()} (prefix {settings.redis_prefix!r}), skipped {skipped} it "
+          f"already had; it now holds {counts['total']}: " +
+          ", ".join(f"{counts[s.value]} {s.value}" for s in TaskStatus))
     return 0
 
 
@@ -243,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="this worker's name in /health and the logs (default: host-pid)")
     worker.set_defaults(run=cmd_worker)
 
+    move = commands.add_parser("move-tasks", help="copy queue_db/tasks.json into the Redis store (MEDIA_CLEANER_"
+                                                  "REDIS_URL), to move to the distributed backend")
+    move.set_defaults(run=cmd_move_tasks)
+
     evaluate = commands.add_parser("evaluate", help="measure the protection of a protected video (any pair)")
     evaluate.add_argument("--original", required=True, help="the video before protection")
     evaluate.add_argument("--protected", required=True, help="the protected video")
@@ -283,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ParameterError, MediaError, KeyConfigError, UsageError, EvaluationError, FFmpegNotFound) as exc:
+    except (ParameterError, MediaError, KeyConfigError, UsageError, EvaluationError, FFmpegNotFound,
+            StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,26 +39,34 @@ def redis_url(tmp_path_factory):
         yield url
 
 
-@pytest.fixture
-def api_factory(tmp_path):
-    """Start the app (store + workers) on tmp_path; optional protector factory and setting overrides."""
-    with contextlib.ExitStack() as stack:
-        def start(protector_factory=pass_through, **overrides) -> TestClient:
-            return stack.enter_context(TestClient(create_app(service=make_service(tmp_path, protector_factory,
-                                                                                  **overrides))))
-        yield start
+BACKENDS = ("threads", "celery")
+
+
+def pytest_generate_tests(metafunc):
+    """A test module that sets ``BOTH_BACKENDS = True`` runs each of its API tests twice: on the embedded
+    default (worker threads, tasks.json) and on the distributed backend (a Celery worker, the Redis store)."""
+    if getattr(metafunc.module, "BOTH_BACKENDS", False) and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS)
 
 
 @pytest.fixture
-def celery_api_factory(tmp_path, redis_url):
-    """The same on the distributed backend: the API on the Celery queue and the shared Redis store, and a real
-    Celery worker (in a thread of this process) running the tasks with the protector factory."""
-    from media_cleaner.service.core import MediaCleanerService
-    from support.distributed import celery_settings, in_process_worker, wait_until
+def backend() -> str:
+    return "threads"
 
+
+@pytest.fixture
+def api_factory(request, tmp_path, backend):
+    """Start the app (store + workers) on tmp_path; optional protector factory and setting overrides.
+
+    On the distributed backend: the API on the Celery queue and the shared Redis store, and a real Celery
+    worker (in a thread of this process) running the tasks with the protector factory."""
     with contextlib.ExitStack() as stack:
         def start(protector_factory=pass_through, **overrides) -> TestClient:
-            settings = celery_settings(redis_url, tmp_path, **overrides)
+            if backend == "threads":
+                return stack.enter_context(TestClient(create_app(service=make_service(
+                    tmp_path, protector_factory, **overrides))))
+            from support.distributed import celery_settings, in_process_worker, wait_until
+            settings = celery_settings(request.getfixturevalue("redis_url"), tmp_path, **overrides)
             stack.enter_context(in_process_worker(settings, protector_factory))
             client = stack.enter_context(TestClient(create_app(service=MediaCleanerService(settings))))
             wait_until(lambda: client.get("/health").json()["workers"] >= 1, 20, "the worker's first heartbeat")
@@ -71,10 +79,11 @@ def api(api_factory) -> TestClient:
     return api_factory()
 
 
-def wait_for(client, task_id: str, statuses=("completed", "failed", "cancelled"), timeout: float = 60) -> dict:
+def wait_for(client, task_id: str, statuses=("completed", "failed", "cancelled"), timeout: float = 60,
+             headers: dict | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        task = client.get(f"/status/{task_id}").json()
+        task = client.get(f"/status/{task_id}", headers=headers).json()
         if task["status"] in statuses:
             return task
         time.sleep(0.05)

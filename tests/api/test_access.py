@@ -13,9 +13,13 @@ import pytest
 from conftest import stored_output, stored_upload, wait_for
 from support.media_factory import make_video
 
+from media_cleaner.protection.seams import PassThroughVideo, Protectors
 from media_cleaner.service.auth import KeyRing, add_key, hash_key, revoke_user
 from media_cleaner.service.retention import sweep
 from media_cleaner.service.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+# Every API test here runs on the embedded default and on the distributed backend (conftest.py).
+BOTH_BACKENDS = True
 
 KEYS = {"alice": "key-of-alice", "bob": "key-of-bob", "root": "key-of-root"}
 INLINE = ",".join(f"{hash_key(k)}:{u}:{'admin' if u == 'root' else 'user'}" for u, k in KEYS.items())
@@ -82,9 +86,17 @@ def test_keys_file_add_list_revoke(tmp_path):
     assert revoke_user(path, "carol") == 1 and not KeyRing.load(path, None).configured
 
 
+class _Slow(PassThroughVideo):
+    def protect_frame(self, frame, pts_s, index):
+        time.sleep(0.5)
+        return frame
+
+
 def test_queue_full_is_429_with_retry_after(api_factory, clip):
-    api = api_factory(max_pending_tasks=1, max_concurrent_tasks=1)
-    api.app.state.service.pool.stop()      # nothing gets picked up: the queue fills
+    api = api_factory(lambda params, threads: Protectors(_Slow(), None), max_pending_tasks=1,
+                      max_concurrent_tasks=1)
+    running = upload(api, clip).json()
+    wait_for(api, running["task_id"], statuses=("processing",))   # the one worker is busy: the queue fills
     assert upload(api, clip).status_code == 202
     full = upload(api, clip)
     assert full.status_code == 429 and int(full.headers["retry-after"]) > 0
@@ -92,8 +104,9 @@ def test_queue_full_is_429_with_retry_after(api_factory, clip):
 
 
 def test_per_user_queue_share(api_factory, clip):
-    api = api_factory(api_keys=INLINE, max_pending_per_user=1)
-    api.app.state.service.pool.stop()
+    api = api_factory(lambda params, threads: Protectors(_Slow(), None), api_keys=INLINE, max_pending_per_user=1)
+    running = upload(api, clip, KEYS["alice"]).json()
+    wait_for(api, running["task_id"], statuses=("processing",), headers=as_("alice"))
     assert upload(api, clip, KEYS["alice"]).status_code == 202
     assert upload(api, clip, KEYS["alice"]).status_code == 429
     assert upload(api, clip, KEYS["bob"]).status_code == 202

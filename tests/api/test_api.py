@@ -12,12 +12,8 @@ from support.media_factory import make_video
 from media_cleaner.service.logs import QuietPolls
 from media_cleaner.protection.seams import PassThroughAudio, PassThroughVideo, Protectors
 
-
-@pytest.fixture(params=["threads", "celery"])
-def api_factory(request):
-    """Every test here runs on the embedded default (worker threads, tasks.json) and on the distributed
-    backend (Celery worker, Redis store): the API behaves the same on both."""
-    return request.getfixturevalue("api_factory" if request.param == "threads" else "celery_api_factory")
+# Every API test here runs on the embedded default and on the distributed backend (conftest.py).
+BOTH_BACKENDS = True
 
 
 @pytest.fixture(scope="session")

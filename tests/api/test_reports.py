@@ -19,6 +19,8 @@ from media_cleaner.protection.seams import PassThroughAudio, PassThroughVideo, P
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import client as mc
 
+# Every API test here runs on the embedded default and on the distributed backend (conftest.py).
+BOTH_BACKENDS = True
 REPORT_TIMEOUT = 180.0   # the first report loads MTCNN and the speaker encoder
 
 

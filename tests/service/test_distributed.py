@@ -6,6 +6,8 @@ run, so "exactly once" is counted, not assumed.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import httpx
@@ -14,11 +16,12 @@ import redis
 
 from media_cleaner.media.probe import probe_media
 from media_cleaner.service.queue.celery_worker import CeleryWorker
+from media_cleaner.service.store.json_store import JsonTaskStore
 from media_cleaner.service.store.redis_store import RedisTaskStore
 from media_cleaner.service.tasks import Task, TaskStatus
 from support import engine_factories
-from support.distributed import WorkerProcess, celery_settings, wait_until
-from support.live_server import Server
+from support.distributed import WorkerProcess, celery_settings, environment, wait_until
+from support.live_server import ROOT, Server, free_port
 from support.media_factory import make_video
 from support.redis_server import RedisServer
 
@@ -231,3 +234,40 @@ def test_a_pending_task_without_a_message_is_sent_again(sweeper):
     assert sweeper._broker.llen(sweeper.settings.queue_name) == 0
     sweeper.sweep()
     assert sweeper._broker.llen(sweeper.settings.queue_name) == 1
+
+
+# ---------------------------------------------------------------------- the operator's commands
+
+def _command(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "media_cleaner", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_move_tasks_copies_the_embedded_store_into_redis_once(tmp_path, redis_url):
+    settings = celery_settings(redis_url, tmp_path / "old")
+    old = JsonTaskStore(settings.tasks_file)
+    old.open()
+    for i, status in enumerate([TaskStatus.completed, TaskStatus.processing, TaskStatus.pending]):
+        old.add(_task(i, status=status, attempts=1 if status != TaskStatus.pending else 0))
+    env = environment(settings)
+    refused = _command("move-tasks", env=env)   # the old server still holds the data folder
+    assert refused.returncode == 2 and "already using the data folder" in refused.stderr
+    old.close()
+    before = settings.tasks_file.read_bytes()
+    moved = _command("move-tasks", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert "moved 3 tasks" in moved.stdout and "1 completed" in moved.stdout
+    store = RedisTaskStore(redis_url, prefix=settings.redis_prefix)
+    assert [t.task_id for t in store.list()[0]] == [f"{i:032x}" for i in (2, 1, 0)]   # upload order kept
+    interrupted = store.get(f"{1:032x}")
+    assert interrupted.status == TaskStatus.pending and interrupted.attempts == 0
+    assert store.queue_position(f"{1:032x}") == 1 and settings.tasks_file.read_bytes() == before
+    again = _command("move-tasks", env=env)
+    assert again.returncode == 0 and "moved 0 tasks" in again.stdout and "skipped 3" in again.stdout
+
+
+def test_a_worker_without_redis_says_so_and_exits(tmp_path):
+    settings = celery_settings(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    result = _command("worker", "--concurrency", "1", env=environment(settings))
+    assert result.returncode == 2
+    assert "cannot be reached" in result.stderr and "MEDIA_CLEANER_REDIS_URL" in result.stderr

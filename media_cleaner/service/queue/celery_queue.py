@@ -127,11 +127,13 @@ class CeleryQueue(TaskQueue):
         send_task(self.app, self.settings, task_id)
 
     def busy(self) -> int:
-        """Tasks in processing, from the store's index (exact; the heartbeats are up to 3 s old)."""
+        """Runs in the workers now, from their heartbeats, read fresh (a worker beats at once when a run starts
+        or ends, its clean-up done): a cancelled task counts until its worker has stopped it."""
         try:
-            return self.store.counts()["processing"]
-        except StoreUnavailable:
-            return sum(worker.get("busy", 0) for worker in self._state["workers"])
+            workers = self._workers.alive()
+        except Exception:   # Redis away: the last figures
+            workers = self._state["workers"]
+        return sum(worker.get("busy", 0) for worker in workers)
 
     def stalled(self) -> int:
         return sum(worker.get("stalled", 0) for worker in self._state["workers"])

@@ -79,6 +79,7 @@ class CeleryWorker:
         self._stopping = threading.Event()
         self._completed = 0
         self._missing_messages: set[str] = set()   # pending tasks the last sweep found with an empty queue
+        self._beat_now = threading.Event()   # a run started or ended: tell /health at once
         app = self.app
 
         @app.task(name=PROTECT_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True, shared=False)
@@ -160,6 +161,7 @@ class CeleryWorker:
             run = TaskRun(task)
             with self._runs_lock:
                 self._runs[task_id] = (run, owner)
+            self._beat_now.set()
             engine = self._engines.get()
             try:
                 outcome = self.runner.run(task, run, engine, stopping=self._stopping.is_set)
@@ -167,6 +169,7 @@ class CeleryWorker:
                 self._engines.put(engine)
                 with self._runs_lock:
                     self._runs.pop(task_id, None)
+                self._beat_now.set()
             if outcome == Outcome.completed:
                 self._completed += 1
             elif outcome == Outcome.requeued:
@@ -228,7 +231,8 @@ class CeleryWorker:
                     "stalled": sum(now - run.last_progress > self.settings.ffmpeg_stall_timeout_s for run in runs)})
             except Exception as exc:
                 log.debug("heartbeat failed: %s", exc)
-            self._stopping.wait(self.registry.beat_s)
+            self._beat_now.wait(self.registry.beat_s)
+            self._beat_now.clear()
 
     def _sweep(self) -> None:
         interval = min(5.0, max(0.5, self.settings.worker_lease_s / 2))
