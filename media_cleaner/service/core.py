@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from typing import Callable
 
 from media_cleaner.config import Settings
@@ -26,6 +27,9 @@ from media_cleaner.service.files import PARTIAL_OUTPUTS, STORED_UPLOAD, is_unfin
 from media_cleaner.service.queue.threads import WorkerPool
 
 log = logging.getLogger("media_cleaner")
+
+# An unfinished upload untouched this long is a crash's leftover (the distributed backend's start-up).
+STALE_UPLOAD_S = 24 * 3600
 
 
 
@@ -85,6 +89,8 @@ class MediaCleanerService:
                 log.warning("task %s was interrupted; now %s (attempt %d)", task.task_id, task.status.value,
                             task.attempts)
             self._remove_leftovers()
+        else:
+            self._remove_stale_uploads()
         self.webhooks.start()
         for task in self.store.list(limit=10 ** 9)[0]:
             if task.status.finished:   # what the last run (or the recovery above) left to do
@@ -117,6 +123,18 @@ class MediaCleanerService:
 
     def _record_webhook(self, task_id: str, status: str, attempts: int) -> None:
         self.store.update(task_id, webhook_status=status, webhook_attempts=attempts)
+
+    def _remove_stale_uploads(self) -> None:
+        """With workers on other machines nothing on the shared volume can be assumed stale at start-up, except
+        an upload to this API that stopped arriving a day ago (a crash in the middle of receiving it)."""
+        cutoff = time.time() - STALE_UPLOAD_S
+        for entry in self.settings.input_dir.iterdir():
+            try:
+                if is_unfinished_upload(entry.name) and entry.stat().st_mtime < cutoff:
+                    log.info("removing an upload that stopped arriving: %s", entry.name)
+                    entry.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass   # another API machine removed it first
 
     def _remove_leftovers(self) -> None:
         """Nothing is running yet, so anything in progress on disk is a crash's leftover."""

@@ -271,3 +271,22 @@ def test_a_worker_without_redis_says_so_and_exits(tmp_path):
     result = _command("worker", "--concurrency", "1", env=environment(settings))
     assert result.returncode == 2
     assert "cannot be reached" in result.stderr and "MEDIA_CLEANER_REDIS_URL" in result.stderr
+
+
+def test_an_api_on_the_shared_volume_only_removes_uploads_that_stopped_a_day_ago(tmp_path, redis_url):
+    """At start-up the embedded server removes whatever a crash left half-done; with workers on other machines
+    the files in progress are theirs, so only an upload abandoned for a day goes."""
+    import os
+
+    from media_cleaner.service.core import MediaCleanerService
+    settings = celery_settings(redis_url, tmp_path)
+    settings.create_folders()
+    stale, fresh = settings.input_dir / f".{1:032x}.part", settings.input_dir / f".{2:032x}.part"
+    partial = settings.output_dir / f".{3:032x}_v_protected.mp4.x.partial"   # a worker writing it now
+    for path in (stale, fresh, partial):
+        path.write_bytes(b"x")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    service = MediaCleanerService(settings)
+    service.start()
+    service.stop()
+    assert not stale.exists() and fresh.exists() and partial.exists()
