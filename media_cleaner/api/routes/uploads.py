@@ -191,7 +191,9 @@ async def _upload(request: Request, service: MediaCleanerService, user: Principa
     except BaseException:
         discard(part_path)
         raise
-    service.pool.notify(task_id)
+    # Off the event loop: the distributed queue publishes to its broker here (a network round trip, and
+    # retries while the broker is away; the task is recorded already, so it is not lost either way).
+    await anyio.to_thread.run_sync(service.pool.notify, task_id)
     return JSONResponse(task.public(), status_code=202, headers={"Location": f"/status/{task_id}"})
 
 

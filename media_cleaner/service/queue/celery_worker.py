@@ -1,9 +1,9 @@
 """A processing machine's worker: ``python -m media_cleaner worker`` runs a Celery worker holding the engines.
 
 It consumes the queue with Celery's thread pool, ``--concurrency`` tasks at once (default: the
-``max_concurrent_tasks`` setting), each thread handing its tasks to an engine process of its own, as the
-embedded worker threads do (:mod:`.engine_process`): a cancel kills that process at once, a crash of it
-fails only its task. A task's run is the one the embedded queue makes (:class:`~.runner.TaskRunner`).
+``max_concurrent_tasks`` setting). It keeps as many engine processes (:mod:`.engine_process`), started and
+warmed up with the worker, and each run borrows one, as the embedded worker threads do: a cancel kills that
+process at once (the next run gets a fresh one), a crash of it fails only its task. A task's run is the one the embedded queue makes (:class:`~.runner.TaskRunner`).
 
 Around the runs, three background threads:
 
@@ -95,10 +95,7 @@ class CeleryWorker:
         for i in range(settings.max_concurrent_tasks):
             engine = None
             if self.isolated:
-                engine = EngineProcess(EngineConfig(
-                    factory=settings.engine_factory, threads=settings.threads_per_worker,
-                    warm_up=settings.warm_up, warm_up_report=settings.warm_up and settings.task_reports,
-                    log_level=settings.log_level, parent_pid=os.getpid()), f"{self.name}-{i + 1}")
+                engine = EngineProcess(EngineConfig.for_worker(settings), f"{self.name}-{i + 1}")
                 self._all_engines.append(engine)
                 try:
                     engine.start()   # warms up while the worker connects

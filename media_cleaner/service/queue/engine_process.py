@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Callable
 
+from media_cleaner.config import Settings
 from media_cleaner.service.queue.jobs import Job, run_job, warm_up
 from media_cleaner.media.cancel import CancelToken, TaskCancelled
 from media_cleaner.media.probe import MediaError
@@ -54,6 +55,13 @@ class EngineConfig:
     warm_up_report: bool    # also the report's models
     log_level: str
     parent_pid: int
+
+    @classmethod
+    def for_worker(cls, settings: Settings) -> "EngineConfig":
+        """A worker's engine in this process: its share of the cores, warm-up as configured."""
+        return cls(factory=settings.engine_factory, threads=settings.threads_per_worker, warm_up=settings.warm_up,
+                   warm_up_report=settings.warm_up and settings.task_reports, log_level=settings.log_level,
+                   parent_pid=os.getpid())
 
 
 class EngineCrashed(RuntimeError):

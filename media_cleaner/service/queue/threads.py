@@ -16,7 +16,6 @@ A custom ``protector_factory`` (tests) runs in the worker thread, as do the engi
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -62,10 +61,7 @@ class WorkerPool(TaskQueue):
             name = f"worker-{i + 1}"
             engine = None
             if self.isolated:
-                engine = EngineProcess(EngineConfig(
-                    factory=settings.engine_factory, threads=settings.threads_per_worker,
-                    warm_up=settings.warm_up, warm_up_report=settings.warm_up and settings.task_reports,
-                    log_level=settings.log_level, parent_pid=os.getpid()), name)
+                engine = EngineProcess(EngineConfig.for_worker(settings), name)
                 self._engines.append(engine)
             thread = threading.Thread(target=self._work, args=(engine,), name=name, daemon=True)
             thread.start()
