@@ -58,6 +58,8 @@ def keyframes(clips: list[Path], cache: Path) -> list[tuple[str, np.ndarray]]:
 
 def dev_keyframes(cache: str | Path) -> list[tuple[str, np.ndarray]]:
     """:func:`keyframes` of the :data:`DEV_CLIPS` in ../shared/media/dev/videos, decoded once into ``cache``.
+    (The development clips are not in the repository, their rights staying with their owners: they are read
+    from that folder beside the checkout.)
 
     The development clips are not in the repository (their rights stay with their owners): they live in a
     folder beside the checkout, and the figures these keyframes gave are in EVALUATION.md."""

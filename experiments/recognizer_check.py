@@ -3,6 +3,9 @@
 
     .venv/bin/python -m experiments.recognizer_check ../shared/media/dev/faces [--per-person 6]
 
+The face photos are not in the repository (their rights stay with their owners); any folder of
+``<person>/<photos>`` works.
+
 (The development faces are not in the repository, their rights stay with their owners: they live in a folder
 beside the checkout. Any folder of ``<identity>/<photos>`` works.)
 

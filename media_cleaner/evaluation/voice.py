@@ -12,6 +12,9 @@ measured with::
 
     .venv/bin/python -m media_cleaner voice-threshold ../shared/media/dev/speech
 
+(The development speech is not in the repository, its rights staying with its owners; any folder of
+``<speaker>/<utterances>`` works.)
+
 (the development speech: 64 utterances of 10 speakers, LibriSpeech and HDTF, kept beside the checkout rather
 than in it because their rights stay with their owners; any ``<speaker>/<utterances>`` folder works)
 
