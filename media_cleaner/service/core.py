@@ -21,7 +21,7 @@ from media_cleaner.service.queue.base import TaskQueue
 from media_cleaner.service.store.base import TaskStore
 from media_cleaner.service.store.json_store import JsonTaskStore
 from media_cleaner.service.webhooks import WebhookSender
-from media_cleaner.protection.weights import face_recognizer_weights
+from media_cleaner.protection.weights import missing_weights
 from media_cleaner.service.storage import configured_media
 from media_cleaner.service.files import PARTIAL_OUTPUTS, STORED_UPLOAD, is_unfinished_upload, output_name
 from media_cleaner.service.queue.threads import WorkerPool
@@ -99,10 +99,10 @@ class MediaCleanerService:
         self.janitor.start()
         self.pool.start()   # and the models' warm-up, where the jobs will run
         self.started = True
-        weights = face_recognizer_weights()
-        if not weights.is_file() and not self.pool.distributed:
-            log.warning("the face recognizer's weights are missing (%s): face-cloak tasks will fail until "
-                        "`python -m media_cleaner fetch-models` is run", weights)
+        missing = missing_weights()
+        if missing and not self.pool.distributed:
+            log.warning("the face recognizers' weights are missing (%s): face-cloak tasks will fail until "
+                        "`python -m media_cleaner fetch-models` is run", ", ".join(map(str, missing)))
         log.info("Media Cleaner ready: data folder %s, ffmpeg %s (version %s, from %s%s)", settings.data_dir,
                  self.ffmpeg.path, self.ffmpeg.version, self.ffmpeg.source,
                  "" if self.ffmpeg.libvmaf else "; no libvmaf: the evaluation's VMAF is left out")

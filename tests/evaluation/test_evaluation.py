@@ -17,7 +17,7 @@ from media_cleaner.cli import main
 from media_cleaner.evaluation import EvaluationError, json_safe
 from media_cleaner.evaluation.dataset import collect_inputs, evaluate_set, format_set_table, wrap_speech
 from media_cleaner.evaluation.evaluate import evaluate_pair, format_table
-from media_cleaner.evaluation.judges import Box, best_match
+from media_cleaner.evaluation.judges import Box, best_match, identity_judge
 from media_cleaner.evaluation.media import even_indices, matching_indices
 from media_cleaner.evaluation.metrics import face_flicker
 from media_cleaner.evaluation.purification import (
@@ -67,6 +67,9 @@ def test_a_video_against_itself_has_no_protection_and_infinite_psnr(self_result)
     # As an attacker judges the clip: its best frame and its template still match (it is the same video).
     assert delivered["identity"]["best_frame_distance"] < 1e-6 and delivered["identity"]["template_distance"] < 1e-6
     assert delivered["identity"]["best_frame_matched"] and delivered["identity"]["template_matched"]
+    sface = delivered["identity_sface"]   # the second recognizer, with its own detector, agrees
+    assert sface["match_rate"] == 1.0 and sface["mean_distance"] < 1e-6 and sface["template_matched"], sface
+    assert sface["model"].startswith("SFace") and sface["threshold"] == pytest.approx(0.637)
     quality = delivered["quality"]
     assert math.isinf(quality["psnr"]) and quality["ssim"] == pytest.approx(1.0)
     assert quality["face_ssim"] == pytest.approx(1.0) and quality["vmaf"] > 95
@@ -83,6 +86,21 @@ def test_purification_leaves_an_unprotected_face_recognisable(self_result):
         assert identity["match_rate"] == 1.0 and identity["template_matched"], (name, identity)
         assert 0 < identity["mean_distance"] < 0.3 or name == "hqdn3d", (name, identity)
     assert "purified" not in self_result["video"]["reencoded"]   # judged on the file as delivered
+
+
+def test_the_sface_judge_knows_her_after_jpeg_and_not_a_cat():
+    import cv2
+    from skimage import data
+    judge = identity_judge("sface")
+    face = data.astronaut()
+    _, handle = max(judge.faces(face), key=lambda pair: pair[0].area)
+    ok, jpeg = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    again = cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED)
+    _, handle_again = max(judge.faces(again), key=lambda pair: pair[0].area)
+    assert judge.distance(judge.embed(face, handle), judge.embed(again, handle_again)) < 0.2
+    # A cat where her face was (cut at her landmarks) is nobody she could be.
+    cat = np.ascontiguousarray(cv2.resize(data.chelsea(), face.shape[1::-1]))
+    assert judge.distance(judge.embed(face, handle), judge.embed(cat, handle)) > judge.threshold
 
 
 def test_each_purification_removes_fine_noise_and_keeps_the_picture():
@@ -158,8 +176,57 @@ def test_a_heavily_blurred_copy_is_clearly_protected(face_clip, tmp_path):
     assert detection["dlib_hog"]["protection"] >= 0.5, detection
     assert np.mean([detection[n]["protection"] for n in DETECTORS]) >= 0.5, detection
     assert result["video"]["delivered"]["identity"]["match_rate"] <= 0.5
+    assert result["video"]["delivered"]["identity_sface"]["match_rate"] <= 0.5
     quality = result["video"]["delivered"]["quality"]
     assert quality["psnr"] < 30 and quality["face_ssim"] < 0.8
+
+
+# --- against enrolled photos of the person ---------------------------------------------------------------
+
+def test_frames_are_also_judged_against_enrolled_photos(face_clip, tmp_path):
+    import cv2
+    from skimage import data
+    photos = tmp_path / "astronaut_photos"
+    photos.mkdir()
+    photo = data.astronaut()
+    cv2.imwrite(str(photos / "portrait.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(photos / "mirrored.png"), cv2.cvtColor(np.ascontiguousarray(photo[:, ::-1]), cv2.COLOR_RGB2BGR))
+    (photos / "notes.txt").write_text("not a photo: skipped")
+    blurred = blurred_copy(face_clip, tmp_path / "blurred.mp4")
+    same = evaluate_pair(face_clip, face_clip, frames=2, cnn_frames=1, reencode=False, face_reference=photos)
+    hidden = evaluate_pair(face_clip, blurred, frames=2, cnn_frames=1, reencode=False, face_reference=photos)
+    for key in ("identity", "identity_sface"):
+        enrolment = same["video"]["delivered"][key]["enrolment"]
+        assert enrolment["references"] == 2, enrolment
+        assert enrolment["original_match_rate"] == 1.0 and enrolment["match_rate"] == 1.0, enrolment
+        assert enrolment["template_matched"] and enrolment["original_template_matched"], enrolment
+        # The clean frames still match the photos; the blurred ones no longer do.
+        blurred_enrolment = hidden["video"]["delivered"][key]["enrolment"]
+        assert blurred_enrolment["original_match_rate"] == 1.0
+        assert blurred_enrolment["match_rate"] <= 0.5, (key, blurred_enrolment)
+    assert f"--face-reference {photos}" in same["command"]
+    assert "SFace vs enrolled photos: matched" in format_table(same)
+
+
+def test_a_face_reference_that_holds_no_photo_is_refused(face_clip, tmp_path):
+    with pytest.raises(EvaluationError, match="is not a folder"):
+        evaluate_pair(face_clip, face_clip, frames=1, face_reference=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="holds no photo"):
+        evaluate_pair(face_clip, face_clip, frames=1, face_reference=tmp_path / "empty")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "face.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(EvaluationError, match="face.jpg in the face reference is not a readable image"):
+        evaluate_pair(face_clip, face_clip, frames=1, face_reference=tmp_path / "broken")
+
+
+def test_a_set_finds_each_persons_photos_by_the_videos_label(tmp_path):
+    from media_cleaner.evaluation.dataset import person_photos
+    (tmp_path / "ada").mkdir()
+    assert person_photos(Path("clips/ada__take_1.mp4"), tmp_path) == tmp_path / "ada"
+    assert person_photos(Path("clips/bob__take_1.mp4"), tmp_path) is None      # nobody's photos
+    assert person_photos(Path("clips/ada.mp4"), tmp_path) is None              # no label in the name
+    assert person_photos(Path("clips/ada__take_1.mp4"), None) is None
 
 
 # --- the command line -----------------------------------------------------------------------------------

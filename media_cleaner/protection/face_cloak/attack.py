@@ -167,7 +167,8 @@ class CloakPGD(Attack):
         if identity is not None:
             if self.recognizer is None:
                 raise ValueError("an identity target needs the attack's recognizer")
-            identity = IdentityTarget(identity.templates.to(self.device), identity.decoys.to(self.device))
+            identity = IdentityTarget(identity.templates.to(self.device), identity.decoys.to(self.device),
+                                      None if identity.poses is None else identity.poses.to(self.device))
         budget = perceptual_budget(images, mask, self.epsilon, self.chroma_ratio, self.texture_floor)
         cap = self.epsilon * mask
         with torch.no_grad():

