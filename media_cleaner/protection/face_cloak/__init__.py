@@ -6,7 +6,8 @@ Pieces, one job each:
 - :mod:`.surrogate` — the detector it attacks and tracks with: the MTCNN cascade of ``facenet-pytorch``
   (P-Net, R-Net, O-Net), differentiable end to end on face crops;
 - :mod:`.recognizer` — the recognizer it attacks: FaceNet (128-D), converted at install time from a PyPI
-  distribution;
+  distribution; :mod:`.dlib_recognizer` — dlib's ResNet ported to torch, the second surrogate of the
+  ``facenet+dlib`` ensemble; :mod:`.embedding` — either of them, or both, with the chip each one embeds;
 - :mod:`.losses` — what the attack minimises: the identity term (away from the clean template, toward the
   decoy), face scores of every stage, landmark displacement and a perceptual penalty;
 - :mod:`.transforms` — the differentiable model of what happens to a frame after us (H.264-like

@@ -94,8 +94,9 @@ class CloakPGD(Attack):
             face (pre-codec, luma, 7 × 7 window); None: no floor. Default: None.
         structural (float): weight of the face dissimilarity (divided by ``max_dissimilarity``) in the loss,
             so unused change is pulled back before the floor has to push. Default: 0.3.
-        recognizer (nn.Module | None): the face-recognition surrogate (:mod:`.recognizer`), for the identity
-            term of ``loss``; None: detection only. Default: None.
+        recognizer (nn.Module | None): the face-recognition surrogate, an embedding of
+            :mod:`.embedding` (``(images, boxes, poses) → unit vectors``), for the identity term of ``loss``;
+            None: detection only. Default: None.
         smooth (int): cell size of the variable in crop pixels: the perturbation is optimised on a grid this
             much coarser and upsampled (bicubic) before it is applied, so that it is made of low spatial
             frequencies — the ones that survive codecs and downscales and transfer between detectors (Guo

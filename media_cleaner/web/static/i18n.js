@@ -13,11 +13,13 @@ window.MC_STRINGS = {
     chosen: "Chosen: {name} ({size})",
     preset_legend: "How strong?",
     preset_invisible: "Invisible (default)",
-    preset_invisible_why: "Hard to see (picture quality VMAF 92 of 100). Moves the face's identity a little: " +
-      "an independent face recognizer still matched the person in 93–97 % of frames in our tests.",
+    preset_invisible_why: "Hard to see (picture quality VMAF 92 of 100). Against other photos of the person, " +
+      "independent face recognizers matched only 30–45 % of frames in our tests (two clips); against the same " +
+      "unprotected video they still match almost every frame.",
     preset_balanced: "Balanced",
-    preset_balanced_why: "A faint texture on the face (VMAF 85). An independent recognizer matched the " +
-      "person in about half the frames (48 %), but still in every clip as a whole.",
+    preset_balanced_why: "A faint texture on the face (VMAF 85). Against other photos of the person, " +
+      "independent recognizers matched 0–13 % of frames in our tests; against the same unprotected video, " +
+      "47–82 % of frames, and every clip as a whole.",
     preset_strong: "Strong",
     preset_strong_why: "Plainly visible mottling on the face (VMAF about 60). Hides the face from some face " +
       "detectors: 30–76 % of frames, depending on the detector (one of five still finds every face).",
@@ -85,11 +87,13 @@ window.MC_STRINGS = {
     chosen: "Выбрано: {name} ({size})",
     preset_legend: "Насколько сильно?",
     preset_invisible: "Незаметно (по умолчанию)",
-    preset_invisible_why: "Почти не видно (качество картинки VMAF 92 из 100). Немного сдвигает личность лица: " +
-      "независимая система распознавания в наших тестах всё ещё узнала человека в 93–97 % кадров.",
+    preset_invisible_why: "Почти не видно (качество картинки VMAF 92 из 100). По другим фотографиям человека " +
+      "независимые системы распознавания в наших тестах (два ролика) узнали его лишь в 30–45 % кадров; по тому же " +
+      "незащищённому видео они всё ещё узнают почти каждый кадр.",
     preset_balanced: "Сбалансированно",
-    preset_balanced_why: "Лёгкая текстура на лице (VMAF 85). Независимая система узнала человека примерно в " +
-      "половине кадров (48 %), но по ролику в целом — всё ещё в каждом.",
+    preset_balanced_why: "Лёгкая текстура на лице (VMAF 85). По другим фотографиям человека независимые " +
+      "системы узнали его в 0–13 % кадров; по тому же незащищённому видео — в 47–82 % кадров и в каждом " +
+      "ролике в целом.",
     preset_strong: "Сильно",
     preset_strong_why: "Хорошо заметная пятнистость на лице (VMAF около 60). Прячет лицо от части детекторов " +
       "лиц: 30–76 % кадров в зависимости от детектора (один из пяти всё равно находит каждое лицо).",
