@@ -5,6 +5,8 @@
         [--config '{"face_dissimilarity": 0.03}']
     # the raw float keyframe (no codec): three frames, each optimised cold, for several identity weights
     .venv/bin/python -m experiments.identity_cloak_probe keyframes VIDEO --weights 1 5 10 20
+    # the white-box ladder per preset: FaceNet's miss rate before the codec, as delivered, after the re-encode
+    .venv/bin/python -m experiments.identity_cloak_probe ladder VIDEO [--presets invisible balanced strong]
 
 ``--config`` takes CloakConfig fields as JSON (e.g. ``{"detect_from_budget": 1.0}`` keeps the identity
 objective at the strongest budget). Distances are measured as the task report measures them
@@ -27,7 +29,7 @@ from media_cleaner.evaluation.evaluate import _Originals  # noqa: E402
 from media_cleaner.evaluation.media import even_indices, probe, read_frames  # noqa: E402
 from media_cleaner.evaluation.report import _identity  # noqa: E402
 from media_cleaner.protection.face_cloak import CloakConfig, FaceCloak  # noqa: E402
-from media_cleaner.params import ProtectionParams  # noqa: E402
+from media_cleaner.params import PRESETS, ProtectionParams  # noqa: E402
 from media_cleaner.media.pipeline import protect_video  # noqa: E402
 from media_cleaner.protection.seams import Protectors, VideoStreamInfo  # noqa: E402
 
@@ -70,6 +72,55 @@ def keyframes(args) -> None:
         print(f"identity weight {weight:g}: raw keyframes: {white_box(frames, protected)}", flush=True)
 
 
+class _Recording:
+    """The cloak behind the video seam, keeping a copy of its output (before the codec) at ``indices``."""
+
+    def __init__(self, cloak: FaceCloak, indices: list[int]):
+        self.cloak, self.indices, self.frames = cloak, set(indices), {}
+
+    def begin(self, info) -> None:
+        self.cloak.begin(info)
+
+    def protect_frame(self, frame, pts_s, index):
+        out = self.cloak.protect_frame(frame, pts_s, index)
+        if index in self.indices:
+            self.frames[index] = out.copy()
+        return out
+
+    def end(self) -> None:
+        self.cloak.end()
+
+
+def ladder(args) -> None:
+    """The white-box ladder: FaceNet's miss rate (distance ≥ 1.0: no longer the person) on the cloak's own
+    output before the codec, as delivered (our CRF 17) and after the platform re-encode (720 lines, CRF 28)."""
+    import cv2
+    from media_cleaner.evaluation.reencode import platform_reencode
+    info = probe(args.video)
+    indices = even_indices(info.frame_count, 20)
+    originals = read_frames(args.video, indices, info)
+    for preset in args.presets:
+        epsilon, strength = PRESETS[preset]
+        cloak = FaceCloak(ProtectionParams(epsilon=epsilon, video_strength=strength, audio_level="none"),
+                          threads=2)
+        recording = _Recording(cloak, indices)
+        random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            delivered = f"{scratch}/delivered.mp4"
+            protect_video(args.video, delivered, Protectors(recording, None), temp_dir=scratch, threads=2)
+            reencoded = platform_reencode(delivered, f"{scratch}/reencoded.mp4")
+            rungs = {"before the codec": [recording.frames[i] for i in indices],
+                     "as delivered (CRF 17)": read_frames(delivered, indices, probe(delivered)),
+                     "re-encoded (720p, CRF 28)": [cv2.resize(f, (info.width, info.height),
+                                                              interpolation=cv2.INTER_CUBIC)
+                                                   for f in read_frames(reencoded, indices, probe(reencoded))]}
+            for rung, frames in rungs.items():
+                figures = _identity(_Originals(originals, [], ["mtcnn"]), frames)
+                print(f"{preset:9s} {rung:26s} FaceNet miss rate {1 - figures['match_rate']:4.0%}, "
+                      f"mean distance {figures['mean_distance']:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,10 +133,15 @@ def main() -> None:
     one.add_argument("--every", type=int, default=ProtectionParams().every_n_frames, help="every_n_frames")
     one.add_argument("--config", default="{}", help="CloakConfig fields as JSON")
     one.set_defaults(run=clip)
-    ladder = commands.add_parser("keyframes")
-    ladder.add_argument("video")
-    ladder.add_argument("--weights", type=float, nargs="+", default=[1, 5, 10, 20])
-    ladder.set_defaults(run=keyframes)
+    rungs = commands.add_parser("ladder")
+    rungs.add_argument("video")
+    rungs.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    rungs.add_argument("--seed", type=int, default=0)
+    rungs.set_defaults(run=ladder)
+    cold = commands.add_parser("keyframes")
+    cold.add_argument("video")
+    cold.add_argument("--weights", type=float, nargs="+", default=[1, 5, 10, 20])
+    cold.set_defaults(run=keyframes)
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.run(args)
