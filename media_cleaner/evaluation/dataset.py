@@ -114,6 +114,8 @@ COLUMNS = [
     # Identity after each cheap purification of the delivered file (see evaluation.purification).
     *[(f"id {name}", ("video", "delivered", "purified", name, "match_rate"), "percent")
       for name in PURIFICATIONS],
+    *[(f"SFace {name}", ("video", "delivered", "purified", name, "sface", "match_rate"), "percent")
+      for name in PURIFICATIONS],
     ("spk sim", ("audio", "speaker", "similarity"), "3"),
     # The black-box speaker judge after the re-encode (against the enrolment when one is given), how much less
     # it recognises the speaker than in the clean control, and whether every judge is below its threshold.

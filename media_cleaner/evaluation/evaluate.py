@@ -294,7 +294,8 @@ def _purified(originals: _Originals, variant, info, frames: list[np.ndarray], in
         else:   # hqdn3d looks at neighbouring frames: it runs on the whole video
             denoised = hqdn3d_video(variant, work / "hqdn3d.mp4", ffmpeg, threads)
             cleaned = read_frames(denoised, indices, info, ffmpeg, threads)
-        result[name] = _identity(originals, cleaned, scale)
+        # dlib's figures at the top (as before), the second black-box recognizer's beside them.
+        result[name] = _identity(originals, cleaned, scale) | {"sface": _identity(originals, cleaned, scale, "sface")}
     return result
 
 
@@ -509,6 +510,8 @@ def format_table(result: dict) -> str:
     for name in PURIFICATIONS:
         row(f"after {name}: dlib match rate", lambda v, n=name: v["purified"][n]["match_rate"], percent=True)
         row(f"after {name}: template matched", lambda v, n=name: v["purified"][n]["template_matched"])
+        row(f"after {name}: SFace match rate", lambda v, n=name: v["purified"][n]["sface"]["match_rate"],
+            percent=True)
     audio = result.get("audio")
     lines.append("")
     if audio is None:

@@ -85,6 +85,7 @@ def test_purification_leaves_an_unprotected_face_recognisable(self_result):
         # Mild filtering does not change who a clean face is: a protection that these undo has failed.
         assert identity["match_rate"] == 1.0 and identity["template_matched"], (name, identity)
         assert 0 < identity["mean_distance"] < 0.3 or name == "hqdn3d", (name, identity)
+        assert identity["sface"]["match_rate"] == 1.0 and identity["sface"]["template_matched"], (name, identity)
     assert "purified" not in self_result["video"]["reencoded"]   # judged on the file as delivered
 
 
