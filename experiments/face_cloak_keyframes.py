@@ -134,6 +134,8 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = cloak_config(args.config)
+    # The development clips live beside the checkout, never inside it (their rights stay with their owners,
+    # so a fresh clone has none); --clips takes any other videos.
     root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
     clips = videos(args.clips) if args.clips else [root / f"{name}.mp4" for name in DEV_CLIPS]
     out = Path(args.out)

@@ -145,6 +145,7 @@ def spectrogram_png(clean: np.ndarray, protected: np.ndarray, rate: int, path: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # Beside the checkout, never inside it: the development media's rights stay with their owners.
     parser.add_argument("--media", type=Path, default=Path(__file__).resolve().parents[2] / "shared/media/dev")
     parser.add_argument("--levels", nargs="+", default=["weak", "medium", "strong"])
     parser.add_argument("--per-speaker", type=int, default=1, help="utterances per speech speaker")

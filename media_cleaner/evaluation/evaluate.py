@@ -126,9 +126,10 @@ class _Originals:
             except EvaluationError as exc:
                 self._identity_faces[name] = [None] * len(self.frames), str(exc)
                 return self._identity_faces[name]
+            known = self.boxes.get(judge.detector) if judge.detector else None   # dlib HOG's, found above
             faces = []
-            for frame in self.frames:
-                found = judge.faces(frame)
+            for position, frame in enumerate(self.frames):
+                found = [(box, box) for box in known[position]] if known is not None else judge.faces(frame)
                 box, handle = max(found, key=lambda pair: pair[0].area) if found else (None, None)
                 faces.append(None if box is None else (box, judge.embed(frame, handle)))
             self._identity_faces[name] = faces, None
@@ -198,12 +199,12 @@ def _identity(originals: _Originals, protected: list[np.ndarray], scale: tuple[f
             continue
         box, reference = face
         candidates = judge.faces(frame)
-        found = best_match(box, [b.scaled(*scale) for b, _ in candidates])
+        scaled = [b.scaled(*scale) for b, _ in candidates]
+        found = best_match(box, scaled)
         if found is None:
             continue   # no face found: the frame counts as protected
         # Embed in the protected frame's own pixels: that is what a face search would do.
-        handle = next(h for b, h in candidates if b.scaled(*scale) == found)
-        embedding = judge.embed(frame, handle)
+        embedding = judge.embed(frame, candidates[scaled.index(found)][1])
         distance = judge.distance(embedding, reference)
         distances.append(distance)
         embedded.append(embedding)

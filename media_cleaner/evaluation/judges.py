@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import threading
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -251,15 +252,17 @@ class IdentityJudge:
 
     ``faces(rgb)`` lists (box, handle) pairs, ``embed(rgb, handle)`` embeds one of them, ``distance(a, b)``
     compares two embeddings (below ``threshold`` is the same person); ``unit``: embeddings are unit vectors,
-    so a template (the mean over frames) is one too."""
+    so a template (the mean over frames) is one too; ``detector``: the :data:`DETECTORS` entry whose boxes
+    are its faces (their boxes are the handles), so boxes already found need not be found again."""
 
     name: str
     model: str
     threshold: float
-    faces: object
-    embed: object
-    distance: object
+    faces: Callable[[np.ndarray], list]
+    embed: Callable[[np.ndarray, object], np.ndarray]
+    distance: Callable[[np.ndarray, np.ndarray], float]
     unit: bool = False
+    detector: str | None = None
 
     def template(self, embeddings: list[np.ndarray]) -> np.ndarray:
         mean = np.mean(embeddings, axis=0)
@@ -270,7 +273,8 @@ def _dlib_identity() -> IdentityJudge:
     hog, model = detector("dlib_hog"), embedder()
     return IdentityJudge("dlib", "dlib ResNet (face_recognition)", MATCH_DISTANCE,
                          faces=lambda rgb: [(box, box) for box in hog.detect(rgb)],
-                         embed=model.embed, distance=lambda a, b: float(np.linalg.norm(a - b)))
+                         embed=model.embed, distance=lambda a, b: float(np.linalg.norm(a - b)),
+                         detector="dlib_hog")
 
 
 class SFaceIdentity:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +57,20 @@ def posed_chips(images: torch.Tensor, boxes: torch.Tensor, poses: torch.Tensor, 
 
 class FaceEmbedding(nn.Module):
     """One recognizer ``network`` (chips (B, 3, S, S) in [0, 255] → (B, D)) with its chip: aligned
-    (:func:`posed_chips`, needs poses) or box (:func:`face_chips`)."""
+    (:func:`posed_chips`; ``pose(box, landmarks)`` gives a face's pose) or, without ``pose``, box
+    (:func:`face_chips`)."""
 
-    def __init__(self, network: nn.Module, aligned: bool):
+    def __init__(self, network: nn.Module, pose: Callable | None = None):
         super().__init__()
-        self.network, self.aligned = network, aligned
+        self.network, self.pose = network, pose
+        self.aligned = pose is not None
+
+    def face_poses(self, faces) -> list | None:
+        """The chip poses of detected ``faces`` (each with ``box`` and ``landmarks``), or None when this
+        recognizer embeds box chips or a face has no landmarks (then every face gets a box chip)."""
+        if not self.aligned or any(face.landmarks is None for face in faces):
+            return None
+        return [self.pose(face.box, face.landmarks) for face in faces]
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, poses: torch.Tensor | None = None) -> torch.Tensor:
         size = self.network.chip_size
@@ -79,6 +89,10 @@ class EnsembleEmbedding(nn.Module):
         self.members = nn.ModuleList(members)
         self.aligned = any(member.aligned for member in members)
 
+    def face_poses(self, faces) -> list | None:
+        """The aligned member's poses (the members share one pose per face; box members ignore them)."""
+        return next((member.face_poses(faces) for member in self.members if member.aligned), None)
+
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, poses: torch.Tensor | None = None) -> torch.Tensor:
         parts = [member(images, boxes, poses) for member in self.members]
         return torch.cat(parts, dim=1) / math.sqrt(len(parts))
@@ -86,9 +100,9 @@ class EnsembleEmbedding(nn.Module):
 
 def load_embedding(name: str, device: str = "cpu") -> nn.Module:
     """The embedding called ``name``: recognizer names joined by ``+`` (``facenet``, ``dlib``)."""
-    from media_cleaner.protection.face_cloak.dlib_recognizer import load_dlib_recognizer
+    from media_cleaner.protection.face_cloak.dlib_recognizer import chip_pose, load_dlib_recognizer
     from media_cleaner.protection.face_cloak.recognizer import load_recognizer
-    loaders = {"facenet": (load_recognizer, False), "dlib": (load_dlib_recognizer, True)}
+    loaders = {"facenet": (load_recognizer, None), "dlib": (load_dlib_recognizer, chip_pose)}
     names = name.split("+")
     unknown = [part for part in names if part not in loaders]
     if unknown:

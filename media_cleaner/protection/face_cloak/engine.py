@@ -31,7 +31,6 @@ from media_cleaner.protection.seams import VideoStreamInfo
 from media_cleaner.protection.weights import DEFAULT_RECOGNIZER
 from media_cleaner.protection.face_cloak.attack import CloakPGD
 from media_cleaner.protection.face_cloak.losses import CloakLoss, IdentityTarget
-from media_cleaner.protection.face_cloak.dlib_recognizer import chip_pose
 from media_cleaner.protection.face_cloak.embedding import load_embedding
 from media_cleaner.protection.face_cloak.masks import face_mask
 from media_cleaner.protection.face_cloak.surrogate import load_surrogate
@@ -267,12 +266,10 @@ class FaceCloak:
         self.tracks = tracks
         if not tracks:
             return
-        aligned = getattr(self.recognizer, "aligned", False)
         due = [index for index, (track, face) in enumerate(zip(tracks, faces)) if self._due(track, face)]
         if due:
-            poses = [chip_pose(faces[i].box, faces[i].landmarks) if aligned and faces[i].landmarks is not None
-                     else None for i in due]
-            self._optimise(frame, [tracks[i] for i in due], poses if all(p is not None for p in poses) else None)
+            poses = None if self.recognizer is None else self.recognizer.face_poses([faces[i] for i in due])
+            self._optimise(frame, [tracks[i] for i in due], poses)
             for i in due:
                 tracks[i].optimised += 1
                 tracks[i].pose = _face_pose(faces[i])
