@@ -4,9 +4,10 @@
     .venv/bin/python -m experiments.identity_cloak_probe clip VIDEO -o OUT.mp4 [--epsilon 0.12] [--strength 1]
         [--config '{"face_dissimilarity": 0.03}']
     # the raw float keyframe (no codec): three frames, each optimised cold, for several identity weights
-    .venv/bin/python -m experiments.identity_cloak_probe keyframes VIDEO --weights 1 5 10 20
+    .venv/bin/python -m experiments.identity_cloak_probe keyframes VIDEO --weights 1 5 10 20 [--config '{}']
     # the white-box ladder per preset: FaceNet's miss rate before the codec, as delivered, after the re-encode
     .venv/bin/python -m experiments.identity_cloak_probe ladder VIDEO [--presets invisible balanced strong]
+        [--config '{"optimiser": "adam"}']
 
 ``--config`` takes CloakConfig fields as JSON (e.g. ``{"detect_from_budget": 1.0}`` keeps the identity
 objective at the strongest budget). Distances are measured as the task report measures them
@@ -62,7 +63,8 @@ def keyframes(args) -> None:
     info = probe(args.video)
     frames = read_frames(args.video, [0, 30, 60], info)
     for weight in args.weights:
-        cloak = FaceCloak(ProtectionParams(every_n_frames=1), threads=2, config=CloakConfig(identity=weight))
+        cloak = FaceCloak(ProtectionParams(every_n_frames=1), threads=2,
+                          config=CloakConfig(**{**json.loads(args.config), "identity": weight}))
         cloak.begin(VideoStreamInfo(info.width, info.height, info.fps, len(frames)))
         protected = []
         for index, frame in enumerate(frames):
@@ -102,7 +104,7 @@ def ladder(args) -> None:
     for preset in args.presets:
         epsilon, strength = PRESETS[preset]
         cloak = FaceCloak(ProtectionParams(epsilon=epsilon, video_strength=strength, audio_level="none"),
-                          threads=2)
+                          threads=2, config=CloakConfig(**json.loads(args.config)))
         recording = _Recording(cloak, indices)
         random.seed(args.seed)
         torch.manual_seed(args.seed)
@@ -137,10 +139,12 @@ def main() -> None:
     rungs.add_argument("video")
     rungs.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     rungs.add_argument("--seed", type=int, default=0)
+    rungs.add_argument("--config", default="{}", help="CloakConfig fields as JSON")
     rungs.set_defaults(run=ladder)
     cold = commands.add_parser("keyframes")
     cold.add_argument("video")
     cold.add_argument("--weights", type=float, nargs="+", default=[1, 5, 10, 20])
+    cold.add_argument("--config", default="{}", help="CloakConfig fields as JSON")
     cold.set_defaults(run=keyframes)
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -215,6 +215,31 @@ def test_visibility_floor_holds_and_loosens_with_the_budget(astronaut):
     assert floors[4] == pytest.approx(min(config.strongest_face_dissimilarity, config.max_face_dissimilarity))
 
 
+def test_adam_keeps_the_visibility_floor_and_the_cap(astronaut):
+    """The adam optimiser treats the floor as a penalty while it searches; what it returns still respects the
+    floor and the cap, and it does move the surrogate's face score."""
+    from media_cleaner.protection.face_cloak.losses import structural_dissimilarity
+    torch.set_num_threads(1)
+    surrogate, image, box, mask = astronaut_face_crop(astronaut)
+    torch.manual_seed(0)
+    delta = CloakPGD(surrogate, epsilon=0.2, steps=6, eot_samples=1, max_dissimilarity=0.03,
+                     optimiser="adam")(image, box, mask).delta_rgb
+    assert structural_dissimilarity(image, (image + delta).clamp(-1, 1), mask).item() <= 0.03 * 1.001
+    assert delta.abs().max().item() <= 0.2 + 1e-6 and delta.abs().mean().item() > 0
+    with torch.no_grad():
+        clean = surrogate.stage_outputs(image, box)
+        changed = surrogate.stage_outputs((image + delta).clamp(-1, 1), box)
+    assert float(changed.onet_logits.mean()) < float(clean.onet_logits.mean())
+
+
+def test_an_unknown_optimiser_or_adam_without_a_floor_is_refused(astronaut):
+    surrogate = load_surrogate()
+    with pytest.raises(ValueError, match="optimiser must be one of"):
+        CloakPGD(surrogate, optimiser="sgd", max_dissimilarity=0.03)
+    with pytest.raises(ValueError, match="visibility floor"):
+        CloakPGD(surrogate, optimiser="adam")
+
+
 def test_random_journey_codec_is_optional_and_lossy(astronaut):
     """The attack's model of what follows it: without its optional steps and codec a journey changes nothing;
     the codec alone changes the face but keeps it (a JPEG-like round trip, not noise)."""

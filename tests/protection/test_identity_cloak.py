@@ -64,9 +64,11 @@ def protected(astronaut, epsilon: float, strength: float = 1.0, config: CloakCon
     return cloak, cloak.protect_frame(astronaut, 0.0, 0)
 
 
-def test_the_surrogate_distance_to_the_clean_identity_grows_with_the_budget(astronaut, recognizer):
+@pytest.mark.parametrize("optimiser", ["rms", "adam"])
+def test_the_surrogate_distance_to_the_clean_identity_grows_with_the_budget(astronaut, recognizer, optimiser):
     box = load_surrogate().detect(astronaut)[0].box
-    distances = [distance(recognizer, astronaut, protected(astronaut, epsilon)[1], box)
+    config = CloakConfig(cold_steps=6, warm_steps=2, eot_samples=1, optimiser=optimiser)
+    distances = [distance(recognizer, astronaut, protected(astronaut, epsilon, config=config)[1], box)
                  for epsilon in (0.04, 0.12, 0.20)]
     assert distances[0] < distances[1] < distances[2], distances
     assert distances[1] > 0.5

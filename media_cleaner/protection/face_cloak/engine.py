@@ -88,6 +88,13 @@ class CloakConfig:
         keyframes, later keyframes re-detect and re-anchor it but optimise it again only when the person's
         landmarks moved within their box by more than ``repose`` box sides (a turn of the head, a new
         expression); 0 optimises on every keyframe.
+    optimiser: ``rms`` (normalised-gradient steps projected onto the visibility floor after each) or
+        ``adam`` (Adam on a tanh-bounded variable, the floor an annealed squared hinge); see
+        :class:`~.attack.CloakPGD`. At the same steps adam moved FaceNet further at ``invisible`` (white-box
+        miss rate 24 → 38 % of raw frames, 11 → 21 % re-encoded, four dev clips) but not the black-box
+        judges (dlib 92 → 95 % of frames still matched, the OpenCV Zoo judge 100 → 100 %), and it spent more of the face
+        (VMAF 92 → 87), so rms stays the default (EVALUATION.md). The detection objective (from
+        ``detect_from_budget``) always uses rms, the one its figures were measured with.
     """
 
     crop_face_px: int = 112
@@ -114,6 +121,7 @@ class CloakConfig:
     recognizer: str = DEFAULT_RECOGNIZER
     settle_keyframes: int = 0
     repose: float = 0.06
+    optimiser: str = "rms"
 
     def __post_init__(self):
         # The floor law must rise with the budget: a stronger setting may never be held to a tighter floor.
@@ -224,7 +232,7 @@ class FaceCloak:
                            recognizer=self.recognizer,
                            chroma_ratio=config.chroma_ratio, texture_floor=config.texture_floor,
                            max_dissimilarity=floor, structural=config.structural, smooth=config.smooth,
-                           cancelled=self._stopping)
+                           optimiser="rms" if hide else config.optimiser, cancelled=self._stopping)
             for warm in (False, True)}
         self.tracks, self.keyframes, self._since_keyframe = [], 0, 0
         self._cuts = SceneCutDetector(config.scene_cut_threshold)

@@ -185,12 +185,15 @@ class CloakLoss:
 
     def penalties(self, images: torch.Tensor, adversarial: torch.Tensor, delta: torch.Tensor,
                   budget: torch.Tensor, mask: torch.Tensor, max_dissimilarity: float | None,
-                  structural: float) -> torch.Tensor:
+                  structural: float, dissimilarity: torch.Tensor | None = None) -> torch.Tensor:
         """What the perturbation costs the viewer: its energy against the perceptual budget and, with a
-        visibility floor, the face's dissimilarity as a share of it (weight ``structural``); (B,)."""
+        visibility floor, the face's dissimilarity as a share of it (weight ``structural``; ``dissimilarity``:
+        already measured, :func:`structural_dissimilarity`); (B,)."""
         total = self.perceptual * perceptual_penalty(delta, budget)
         if max_dissimilarity is not None and structural > 0:
-            total = total + structural * structural_dissimilarity(images, adversarial, mask) / max_dissimilarity
+            if dissimilarity is None:
+                dissimilarity = structural_dissimilarity(images, adversarial, mask)
+            total = total + structural * dissimilarity / max_dissimilarity
         return total
 
     def __repr__(self) -> str:
