@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from media_cleaner.evaluation.evaluate import _Originals  # noqa: E402
+from media_cleaner.evaluation.evaluate import _identity as _judged, _Originals  # noqa: E402
 from media_cleaner.evaluation.media import even_indices, probe, read_frames  # noqa: E402
 from media_cleaner.evaluation.report import _identity  # noqa: E402
 from media_cleaner.protection.face_cloak import CloakConfig, FaceCloak  # noqa: E402
@@ -43,6 +43,21 @@ def white_box(originals: list[np.ndarray], protected: list[np.ndarray]) -> str:
             f"{figures['match_rate']:.0%} of {figures['frames']} frames")
 
 
+def black_box(originals: list[np.ndarray], protected: list[np.ndarray]) -> str:
+    """The evaluation's two identity judges (never attacked) on the same frames: mean distance, share of
+    frames still matched, the clip template's distance (a match below 0.6 for dlib, 0.637 for SFace)."""
+    clean = _Originals(originals, [], [])
+    parts = []
+    for name in ("dlib", "sface"):
+        figures = _judged(clean, protected, (1.0, 1.0), name)
+        if figures.get("mean_distance") is None:
+            parts.append(f"{name}: {figures.get('note')}")
+            continue
+        parts.append(f"{name} distance {figures['mean_distance']:.3f} (matched {figures['match_rate']:.0%}, "
+                     f"template {figures.get('template_distance', float('nan')):.3f})")
+    return "; ".join(parts)
+
+
 def clip(args) -> None:
     params = ProtectionParams(epsilon=args.epsilon, video_strength=args.strength, every_n_frames=args.every,
                               audio_level="none")
@@ -53,10 +68,17 @@ def clip(args) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         protect_video(args.video, args.output, Protectors(cloak, None), temp_dir=scratch,
                       threads=2)
+    took = time.monotonic() - started
     original, delivered = probe(args.video), probe(args.output)
     indices = even_indices(min(original.frame_count, delivered.frame_count), 20)
-    print(f"protected in {time.monotonic() - started:.1f} s; delivered: "
-          f"{white_box(read_frames(args.video, indices, original), read_frames(args.output, indices, delivered))}")
+    originals, protected = read_frames(args.video, indices, original), read_frames(args.output, indices, delivered)
+    print(f"protected in {took:.1f} s ({cloak.keyframes} keyframes, {cloak.optimisations} optimisations); "
+          f"delivered: {white_box(originals, protected)}")
+    if args.judges:
+        from media_cleaner.evaluation.metrics import video_quality
+        quality = video_quality(args.video, args.output, original)
+        vmaf = "no libvmaf" if quality["vmaf"] is None else f"VMAF {quality['vmaf']:.1f}"
+        print(f"  black box: {black_box(originals, protected)}; PSNR {quality['psnr']:.1f}, {vmaf}", flush=True)
 
 
 def keyframes(args) -> None:
@@ -134,6 +156,7 @@ def main() -> None:
     one.add_argument("--seed", type=int, default=0, help="seed of the random journeys")
     one.add_argument("--every", type=int, default=ProtectionParams().every_n_frames, help="every_n_frames")
     one.add_argument("--config", default="{}", help="CloakConfig fields as JSON")
+    one.add_argument("--judges", action="store_true", help="also the dlib and SFace judges on the same frames, PSNR and VMAF")
     one.set_defaults(run=clip)
     rungs = commands.add_parser("ladder")
     rungs.add_argument("video")

@@ -51,11 +51,11 @@ class Attack:
 
 @dataclass
 class AttackResult:
-    """What :meth:`CloakPGD.__call__` returns for B crops.
+    """What :meth:`CloakPGD.__call__` returns for B crops carrying G perturbations (G = B unless crops share).
 
-    delta_rgb: (B, 3, H, W) RGB perturbation in [-1, 1] units, |δ| ≤ epsilon × mask everywhere;
-    delta_ycbcr: (B, 3, H, W) the optimiser's variable, to warm-start the next keyframe;
-    detection_loss: (B,) the objective at the end without the visibility terms (the weighted detection and
+    delta_rgb: (G, 3, H, W) RGB perturbation in [-1, 1] units, |δ| ≤ epsilon × mask everywhere;
+    delta_ycbcr: (G, 3, H, W) the optimiser's variable, to warm-start the next keyframe;
+    detection_loss: (G,) the objective at the end without the visibility terms (the weighted detection and
         identity losses; lower: better protected);
     steps: the steps actually taken (fewer on early success or cancellation).
     """
@@ -64,6 +64,40 @@ class AttackResult:
     delta_ycbcr: torch.Tensor
     detection_loss: torch.Tensor
     steps: int
+
+
+class Groups:
+    """Which crops share one perturbation: crop ``i`` carries variable ``index[i]`` (a person's one
+    perturbation, optimised over several of their face-aligned frames at once). ``index`` None: each crop
+    has its own (the identity mapping, at no cost)."""
+
+    def __init__(self, index: torch.Tensor | None, batch: int):
+        self.index = index
+        self.count = batch if index is None else int(index.max()) + 1
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-variable (G, …) → per-crop (B, …)."""
+        return x if self.index is None else x[self.index]
+
+    def _reduce(self, x: torch.Tensor, how: str) -> torch.Tensor:
+        if self.index is None:
+            return x
+        index = self.index.view(-1, *([1] * (x.dim() - 1))).expand_as(x)
+        out = torch.zeros((self.count, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        return out.scatter_reduce(0, index, x, reduce=how, include_self=False)
+
+    def min(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-crop (B, …) → per-variable (G, …), the smallest over each variable's crops (the caps and the
+        floor's shrink: one perturbation must respect every frame it is applied to)."""
+        return self._reduce(x, "amin")
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-crop (B, …) → per-variable (G, …), the mean over each variable's crops (its score)."""
+        return self._reduce(x, "mean")
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-crop (B, …) → per-variable (G, …), the largest over each variable's crops."""
+        return self._reduce(x, "amax")
 
 
 class CloakPGD(Attack):
@@ -120,7 +154,9 @@ class CloakPGD(Attack):
 
     Shapes:
         images (B, 3, H, W) clean RGB crops in [-1, 1] (H, W multiples of 16); boxes (B, 4) face boxes in crop
-        pixels; mask (B, 1, H, W) in [0, 1]; init (B, 3, *:meth:`variable_size`) YCbCr warm start or None.
+        pixels; mask (B, 1, H, W) in [0, 1]; init (G, 3, *:meth:`variable_size`) YCbCr warm start or None;
+        groups (B,) long, which of G shared perturbations each crop carries (the frames of one person,
+        face-aligned), or None: one perturbation per crop (G = B). The result is per perturbation (G).
 
     Example::
         attack = CloakPGD(load_surrogate(), epsilon=0.12, steps=20)
@@ -162,7 +198,8 @@ class CloakPGD(Attack):
         return torch.maximum(torch.minimum(variable, budget), -budget)
 
     def _adversarial(self, images: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
-        return (images + ycbcr_to_rgb(delta).clamp(-cap, cap)).clamp(-1, 1)
+        """The crops with their variables' perturbation (``delta`` and ``cap`` per variable) added."""
+        return (images + self._groups.expand(ycbcr_to_rgb(delta).clamp(-cap, cap))).clamp(-1, 1)
 
     @torch.no_grad()
     def _onto_floor(self, images: torch.Tensor, delta: torch.Tensor, budget: torch.Tensor, cap: torch.Tensor,
@@ -175,7 +212,7 @@ class CloakPGD(Attack):
             measured = structural_dissimilarity(images, self._adversarial(images, self._full(delta, budget), cap),
                                                 mask)
             # 0.98: land just inside the floor, so that rounding to uint8 does not push it back out.
-            shrink = (0.98 * self.max_dissimilarity / measured.clamp(min=1e-12)).sqrt().clamp(max=1.0)
+            shrink = self._groups.min((0.98 * self.max_dissimilarity / measured.clamp(min=1e-12)).sqrt().clamp(max=1.0))
             if bool((shrink >= 1.0).all()):
                 break
             delta = delta * shrink.view(-1, 1, 1, 1)
@@ -184,10 +221,10 @@ class CloakPGD(Attack):
     def _rms(self, images, boxes, mask, budget, cap, coarse, delta, clean_landmarks, identity):
         """Normalised-gradient steps, each projected onto the caps and the visibility floor; returns the best
         variable of each crop, its protection loss and the steps taken."""
-        batch = images.shape[0]
+        batch, groups = images.shape[0], self._groups
         delta = self._onto_floor(images, delta, budget, cap, mask)
-        detection = torch.zeros(batch, device=self.device)
-        best_delta, best_detection = delta.clone(), torch.full((batch,), float("inf"), device=self.device)
+        detection = torch.zeros(groups.count, device=self.device)
+        best_delta, best_detection = delta.clone(), torch.full((groups.count,), float("inf"), device=self.device)
         taken = 0
         for step in range(self.steps):
             if self.cancelled():
@@ -196,10 +233,10 @@ class CloakPGD(Attack):
             full = self._full(delta, budget)
             adversarial = self._adversarial(images, full, cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
-            detection = self.loss.protection(self.model, self.recognizer, journeys, clean_landmarks, identity,
-                                             batch)
-            total = detection + self.loss.penalties(images, adversarial, full, budget, mask,
-                                                    self.max_dissimilarity, self.structural)
+            per_crop = self.loss.protection(self.model, self.recognizer, journeys, clean_landmarks, identity, batch)
+            total = per_crop + self.loss.penalties(images, adversarial, groups.expand(full), groups.expand(budget),
+                                                   mask, self.max_dissimilarity, self.structural)
+            detection = groups.mean(per_crop)
             gradient, = torch.autograd.grad(total.sum(), delta)
             with torch.no_grad():
                 # ``delta`` respected the floor when it was scored: remember the best one of each crop.
@@ -222,7 +259,7 @@ class CloakPGD(Attack):
         squared hinge on the face dissimilarity above it, weighted from ``HINGE_WEIGHTS[0]`` to
         ``HINGE_WEIGHTS[1]``. Returns the best variable of each crop among those scored under the floor and
         the last one scaled onto the floor, its protection loss and the steps."""
-        batch, floor = images.shape[0], self.max_dissimilarity
+        batch, floor, groups = images.shape[0], self.max_dissimilarity, self._groups
         allowed = coarse > 1e-6
         ratio = torch.where(allowed, delta / coarse.clamp(min=1e-6), torch.zeros_like(delta))
         w = torch.atanh(ratio.clamp(-0.995, 0.995)).requires_grad_(True)
@@ -235,8 +272,8 @@ class CloakPGD(Attack):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, self.steps),
                                                               eta_min=self.step_size / 20)
         best_delta = torch.zeros_like(delta)
-        best_detection = torch.full((batch,), float("inf"), device=self.device)
-        detection = torch.zeros(batch, device=self.device)
+        best_detection = torch.full((groups.count,), float("inf"), device=self.device)
+        detection = torch.zeros(groups.count, device=self.device)
         taken = 0
         for step in range(self.steps):
             if self.cancelled():
@@ -245,19 +282,20 @@ class CloakPGD(Attack):
             full = self._full(current, budget)
             adversarial = self._adversarial(images, full, cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
-            detection = self.loss.protection(self.model, self.recognizer, journeys, clean_landmarks, identity,
-                                             batch)
+            per_crop = self.loss.protection(self.model, self.recognizer, journeys, clean_landmarks, identity, batch)
             dissimilarity = structural_dissimilarity(images, adversarial, mask)
             progress = step / max(1, self.steps - 1)
             weight = HINGE_WEIGHTS[0] * (HINGE_WEIGHTS[1] / HINGE_WEIGHTS[0]) ** progress
-            total = (detection + self.loss.penalties(images, adversarial, full, budget, mask, floor, self.structural,
-                                                     dissimilarity=dissimilarity)
+            total = (per_crop + self.loss.penalties(images, adversarial, groups.expand(full), groups.expand(budget),
+                                                    mask, floor, self.structural, dissimilarity=dissimilarity)
                      + weight * torch.relu(dissimilarity / floor - 1) ** 2)
             optimiser.zero_grad()
             total.sum().backward()
             with torch.no_grad():
                 # 0.98: the same margin as the projection's, for the rounding to uint8.
-                better = (detection < best_detection) & (dissimilarity <= 0.98 * floor) & (started | (step > 0))
+                detection = groups.mean(per_crop)
+                under = groups.max(dissimilarity) <= 0.98 * floor
+                better = (detection < best_detection) & under & (started | (step > 0))
                 best_detection = torch.where(better, detection.detach(), best_detection)
                 best_delta = torch.where(better.view(-1, 1, 1, 1), current.detach(), best_delta)
             optimiser.step()
@@ -271,22 +309,27 @@ class CloakPGD(Attack):
             last = self._onto_floor(images, coarse * torch.tanh(w), budget, cap, mask)
             adversarial = self._adversarial(images, self._full(last, budget), cap)
             journeys = [self.transform(adversarial, boxes) for _ in range(self.eot_samples)]
-            scored = self.loss.protection(self.model, self.recognizer, journeys, clean_landmarks, identity, batch)
+            scored = groups.mean(self.loss.protection(self.model, self.recognizer, journeys, clean_landmarks,
+                                                      identity, batch))
             better = scored < best_detection
             best_delta = torch.where(better.view(-1, 1, 1, 1), last, best_delta)
             best_detection = torch.where(better, scored, best_detection)
         return best_delta, best_detection, taken
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
-                 init: torch.Tensor | None = None, identity: IdentityTarget | None = None) -> AttackResult:
+                 init: torch.Tensor | None = None, identity: IdentityTarget | None = None,
+                 groups: torch.Tensor | None = None) -> AttackResult:
         images, boxes, mask = images.to(self.device), boxes.to(self.device), mask.to(self.device)
         if identity is not None:
             if self.recognizer is None:
                 raise ValueError("an identity target needs the attack's recognizer")
             identity = IdentityTarget(identity.templates.to(self.device), identity.decoys.to(self.device),
                                       None if identity.poses is None else identity.poses.to(self.device))
-        budget = perceptual_budget(images, mask, self.epsilon, self.chroma_ratio, self.texture_floor)
-        cap = self.epsilon * mask
+        # Read by the steps' helpers for this call (an attack serves one task's frames at a time).
+        self._groups = groups = Groups(None if groups is None else groups.to(self.device), images.shape[0])
+        # The caps per variable: where crops share one, the tightest of theirs.
+        budget = groups.min(perceptual_budget(images, mask, self.epsilon, self.chroma_ratio, self.texture_floor))
+        cap = groups.min(self.epsilon * mask)
         with torch.no_grad():
             clean_landmarks = self.model.stage_outputs(images, boxes).landmarks
         # The variable's own caps: the budget on its grid (the exact per-pixel caps apply after upsampling).

@@ -52,7 +52,7 @@ class SceneCutDetector:
 class FaceTrack:
     """One face followed between keyframes, with the perturbation optimised for it.
 
-    box: current face box in frame pixels; delta_rgb: (3, S, S) float32 numpy RGB perturbation for the
+    box: current face box in frame pixels; delta_rgb: (S, S, 3) float32 numpy RGB perturbation (levels) for the
     square attack crop around the box; delta_ycbcr: (3, S, S) torch warm start for the next keyframe.
     """
 
@@ -67,6 +67,14 @@ class FaceTrack:
     # How many keyframes optimised this person's perturbation, and their landmarks within the box then.
     optimised: int = 0
     pose: np.ndarray | None = None
+    # The per-person mode's (see the engine): the frame-to-aligned-crop transform at the last keyframe and the
+    # box it was taken with (frames in between move it with the box), the clean aligned crops the
+    # perturbation is optimised over (the latest few keyframes), and the landmarks in the crop when it was
+    # last optimised (a turn of the head shows there, after alignment has removed shifts, zoom and tilt).
+    aligned: object | None = None
+    anchor: tuple[float, float, float, float] | None = None
+    bank: list = field(default_factory=list)
+    aligned_pose: np.ndarray | None = None
     _template: np.ndarray | None = field(default=None, repr=False)
     _scale: float = field(default=1.0, repr=False)
 
