@@ -95,7 +95,7 @@ def test_one_person_keeps_one_decoy_and_a_second_person_gets_another(astronaut):
 
 def test_a_settled_person_is_optimised_again_only_when_their_pose_changes(astronaut, monkeypatch):
     from dataclasses import replace
-    config = replace(QUICK, settle_keyframes=1, person_frames=0)   # the per-keyframe box crops
+    config = replace(QUICK, settle_keyframes=1)
     cloak = FaceCloak(ProtectionParams(every_n_frames=1), config=config)
     cloak.begin(VideoStreamInfo(256, 256, 25.0, 3))
     optimised = []

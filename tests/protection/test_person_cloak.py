@@ -22,7 +22,8 @@ from media_cleaner.protection.face_cloak.losses import CloakLoss, IdentityTarget
 from media_cleaner.protection.face_cloak.masks import face_mask
 from media_cleaner.protection.seams import VideoStreamInfo
 
-QUICK = CloakConfig(cold_steps=6, warm_steps=2, eot_samples=1, person_frames=3)
+# One perturbation per person is off by default: these tests turn it on for budgets up to the default's.
+QUICK = CloakConfig(cold_steps=6, warm_steps=2, eot_samples=1, person_frames=3, per_person_up_to=0.15)
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +148,16 @@ def test_a_turned_head_is_optimised_again_and_a_new_person_gets_their_own(astron
 
 
 @pytest.mark.parametrize("preset, per_person", [("invisible", True), ("balanced", False), ("strong", False)])
-def test_invisible_is_per_person_and_stronger_presets_keep_a_perturbation_per_keyframe(astronaut, preset,
-                                                                                      per_person):
+def test_one_per_person_applies_only_up_to_its_budget(astronaut, preset, per_person):
     epsilon, strength = PRESETS[preset]
     cloak = FaceCloak(ProtectionParams(epsilon=epsilon, video_strength=strength), config=replace(QUICK, cold_steps=1))
     run(cloak, [astronaut])
     track = cloak.tracks[0]
     assert cloak.per_person is per_person and (track.aligned is not None) is per_person
     assert track.delta_rgb is not None
+
+
+def test_by_default_every_preset_optimises_a_perturbation_per_keyframe(astronaut):
+    cloak = FaceCloak(ProtectionParams(), config=CloakConfig(cold_steps=1, eot_samples=1))
+    run(cloak, [astronaut])
+    assert not cloak.per_person and cloak.tracks[0].aligned is None and cloak.tracks[0].delta_rgb is not None
