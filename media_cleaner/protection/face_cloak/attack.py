@@ -180,6 +180,7 @@ class CloakPGD(Attack):
         self.loss = loss or CloakLoss()
         self.transform = transform or RandomPipeline()
         self.chroma_ratio, self.texture_floor = chroma_ratio, texture_floor
+        self._groups = Groups(None, 0)   # set by each call
 
     def _parameters(self) -> dict:
         return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
@@ -239,7 +240,7 @@ class CloakPGD(Attack):
             detection = groups.mean(per_crop)
             gradient, = torch.autograd.grad(total.sum(), delta)
             with torch.no_grad():
-                # ``delta`` respected the floor when it was scored: remember the best one of each crop.
+                # ``delta`` respected the floor when it was scored: remember the best one of each perturbation.
                 better = detection < best_detection
                 best_detection = torch.where(better, detection.detach(), best_detection)
                 best_delta = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best_delta)
