@@ -2,7 +2,8 @@
 
     # protect a clip with engine settings of your choice, then FaceNet's distance on 20 delivered frames
     .venv/bin/python -m experiments.identity_cloak_probe clip VIDEO -o OUT.mp4 [--epsilon 0.12] [--strength 1]
-        [--config '{"face_dissimilarity": 0.03}']
+        [--config '{"face_dissimilarity": 0.03}'] [--judges]
+    #   --judges: also the two black-box identity judges on the same frames, PSNR and VMAF
     # the raw float keyframe (no codec): three frames, each optimised cold, for several identity weights
     .venv/bin/python -m experiments.identity_cloak_probe keyframes VIDEO --weights 1 5 10 20 [--config '{}']
     # the white-box ladder per preset: FaceNet's miss rate before the codec, as delivered, after the re-encode
@@ -156,7 +157,8 @@ def main() -> None:
     one.add_argument("--seed", type=int, default=0, help="seed of the random journeys")
     one.add_argument("--every", type=int, default=ProtectionParams().every_n_frames, help="every_n_frames")
     one.add_argument("--config", default="{}", help="CloakConfig fields as JSON")
-    one.add_argument("--judges", action="store_true", help="also the dlib and SFace judges on the same frames, PSNR and VMAF")
+    one.add_argument("--judges", action="store_true",
+                     help="also the dlib and SFace judges on the same frames, PSNR and VMAF")
     one.set_defaults(run=clip)
     rungs = commands.add_parser("ladder")
     rungs.add_argument("video")
