@@ -4,10 +4,12 @@ media_cleaner.protection.face_cloak.dlib_recognizer, face by face, and the dista
 
     .venv/bin/python -m experiments.dlib_port_check [--faces ../shared/media/dev/faces] [--photos 5]
 
+The ``--faces`` folder is the development faces, kept beside the checkout and never committed: their rights
+stay with their owners, so a fresh clone has none. Any folder of ``<person>/<photos>`` works.
+
 Faces are found with dlib's HOG detector, aligned with its 5-point landmarks and cut with
 ``dlib.get_face_chip(image, shape, size=150, padding=0.25)``, as ``face_recognition`` does; the images are
-skimage's astronaut and the first photo of a few people of the development faces (not in the repository,
-their rights stay with their owners; any folder of ``<person>/<photos>`` works). Prints the largest absolute
+skimage's astronaut and the first photo of a few people of that folder. Prints the largest absolute
 difference of the descriptors per face and over all (the port is meant to agree within 1e-3), the two
 distance matrices, the conversion time, and forward and backward times for a batch of 4 chips on one CPU
 thread. Then where MTCNN's landmarks fall in dlib's chip (``CHIP_TEMPLATE``) and how well a chip cut by them

@@ -58,11 +58,9 @@ def keyframes(clips: list[Path], cache: Path) -> list[tuple[str, np.ndarray]]:
 
 def dev_keyframes(cache: str | Path) -> list[tuple[str, np.ndarray]]:
     """:func:`keyframes` of the :data:`DEV_CLIPS` in ../shared/media/dev/videos, decoded once into ``cache``.
-    (The development clips are not in the repository, their rights staying with their owners: they are read
-    from that folder beside the checkout.)
 
-    The development clips are not in the repository (their rights stay with their owners): they live in a
-    folder beside the checkout, and the figures these keyframes gave are in EVALUATION.md."""
+    That folder is beside the checkout and never committed: the development clips' rights stay with their
+    owners, so a fresh clone has none. The figures these keyframes gave are in EVALUATION.md."""
     root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
     Path(cache).mkdir(parents=True, exist_ok=True)
     return keyframes([root / f"{name}.mp4" for name in DEV_CLIPS], Path(cache))

@@ -17,10 +17,10 @@ For tuning, ``--subset K`` keeps K clips spread over the list, and ``--define NA
 measures a custom :class:`~media_cleaner.protection.voice_mask.MaskLevel` (fields default to those of ``NAME`` when
 it is a shipped level).
 
-The media are read from ``--media`` (default ``../shared/media/dev``) and never copied. The development
-media (talking-head clips, face photos, speech of 10 speakers) are not in the repository: their rights stay
-with their owners, so they live in a folder beside the checkout.
-Any folder laid out the same way works: ``speech/<speaker>/<utterances>`` and ``videos/*.mp4``.
+The media are read from ``--media`` (default ``../shared/media/dev``, the development media: talking-head
+clips, face photos, speech of 10 speakers) and never copied. That folder is beside the checkout and never
+committed: its rights stay with its owners, so a fresh clone has none. Any folder laid out the same way
+works: ``speech/<speaker>/<utterances>`` and ``videos/*.mp4``.
 """
 from __future__ import annotations
 

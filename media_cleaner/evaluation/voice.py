@@ -12,11 +12,9 @@ measured with::
 
     .venv/bin/python -m media_cleaner voice-threshold ../shared/media/dev/speech
 
-(The development speech is not in the repository, its rights staying with its owners; any folder of
-``<speaker>/<utterances>`` works.)
-
-(the development speech: 64 utterances of 10 speakers, LibriSpeech and HDTF, kept beside the checkout rather
-than in it because their rights stay with their owners; any ``<speaker>/<utterances>`` folder works)
+That folder is the development speech (64 utterances of 10 speakers, LibriSpeech and HDTF), kept beside the
+checkout and never committed: its rights stay with its owners, so a fresh clone has none. Any folder of
+``<speaker>/<utterances>`` works.
 
 Resemblyzer on 2026-11-27: 0.7235, EER 0.36 % (64 utterances of 10 speakers; 270 same-speaker pairs, mean
 0.872; 1746 different-speaker pairs, mean 0.527). SE-Res2Net50 on 2026-12-02: 0.4317, EER 0.36 % (the same

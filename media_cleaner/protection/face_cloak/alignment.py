@@ -45,6 +45,20 @@ def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def padded_region(frame: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
+    """The frame's pixels [y1:y2, x1:x2], edges replicated where the region leaves the frame."""
+    height, width = frame.shape[:2]
+    cx1, cy1, cx2, cy2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
+    return cv2.copyMakeBorder(frame[cy1:cy2, cx1:cx2], cy1 - y1, y2 - cy2, cx1 - x1, x2 - cx2, cv2.BORDER_REPLICATE)
+
+
+def add_levels(target: np.ndarray, x1: int, y1: int, change: np.ndarray) -> None:
+    """Add ``change`` (h × w × 3 float32, levels of 255) to uint8 ``target`` at (x1, y1), in place, rounding
+    to the nearest level (only that region is touched: a 1080p frame stays uint8)."""
+    y2, x2 = y1 + change.shape[0], x1 + change.shape[1]
+    target[y1:y2, x1:x2] = np.clip(np.rint(target[y1:y2, x1:x2].astype(np.float32) + change), 0, 255).astype(np.uint8)
+
+
 def box_landmarks(box: tuple[float, float, float, float]) -> np.ndarray:
     """Stand-in landmarks for a face known only by its box: the canonical ones scaled into the box."""
     x1, y1, x2, y2 = box
@@ -99,11 +113,8 @@ class AlignedCrop:
         """The aligned crop of uint8 ``frame`` (H, W, 3), side × side (edges replicated where it leaves the
         frame). A face larger than the crop's is first shrunk by area averaging, as a detector's pyramid
         shrinks it, so the crop does not alias."""
-        height, width = frame.shape[:2]
         x1, y1, x2, y2 = self._frame_region()
-        cx1, cy1, cx2, cy2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
-        patch = cv2.copyMakeBorder(frame[cy1:cy2, cx1:cx2], cy1 - y1, y2 - cy2, cx1 - x1, x2 - cx2,
-                                   cv2.BORDER_REPLICATE)
+        patch = padded_region(frame, x1, y1, x2, y2)
         # The map from the patch's pixels to the crop's.
         matrix = self.matrix.copy()
         matrix[:, 2] += matrix[:, :2] @ np.array([x1, y1], dtype=np.float64)
@@ -130,7 +141,6 @@ class AlignedCrop:
         matrix = self.matrix.copy()
         matrix[:, 2] += matrix[:, :2] @ np.array([x1, y1], dtype=np.float64)
         # Linear resampling: the perturbation is smooth at the crop's scale (as the box crops paste it).
-        full = cv2.warpAffine(delta, matrix, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        region = target[y1:y2, x1:x2].astype(np.float32) + full
-        target[y1:y2, x1:x2] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+        add_levels(target, x1, y1, cv2.warpAffine(delta, matrix, (x2 - x1, y2 - y1),
+                                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0))

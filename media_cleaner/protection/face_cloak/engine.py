@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from media_cleaner.params import DEFAULT_EPSILON, EPSILON_RANGE, VIDEO_STRENGTH_RANGE, ProtectionParams
 from media_cleaner.protection.seams import VideoStreamInfo
 from media_cleaner.protection.weights import DEFAULT_RECOGNIZER
-from media_cleaner.protection.face_cloak.alignment import AlignedCrop, box_landmarks
+from media_cleaner.protection.face_cloak.alignment import AlignedCrop, add_levels, box_landmarks, padded_region
 from media_cleaner.protection.face_cloak.attack import CloakPGD
 from media_cleaner.protection.face_cloak.losses import CloakLoss, IdentityTarget
 from media_cleaner.protection.face_cloak.embedding import load_embedding
@@ -174,17 +174,13 @@ class _Crop:
 
     def cut(self, frame: np.ndarray, size: int) -> np.ndarray:
         """The region resampled to size × size (edges replicated where it leaves the frame), uint8."""
-        height, width = frame.shape[:2]
-        x1, y1 = max(0, self.x0), max(0, self.y0)
-        x2, y2 = min(width, self.x0 + self.side), min(height, self.y0 + self.side)
-        patch = cv2.copyMakeBorder(frame[y1:y2, x1:x2], y1 - self.y0, self.y0 + self.side - y2,
-                                   x1 - self.x0, self.x0 + self.side - x2, cv2.BORDER_REPLICATE)
+        patch = padded_region(frame, self.x0, self.y0, self.x0 + self.side, self.y0 + self.side)
         interpolation = cv2.INTER_AREA if self.side > size else cv2.INTER_LINEAR
         return cv2.resize(patch, (size, size), interpolation=interpolation)
 
     def paste(self, target: np.ndarray, delta: np.ndarray) -> None:
         """Add ``delta`` (size × size × 3, levels of 255) resampled to the region onto uint8 ``target``, in
-        place, rounding to the nearest level (only the region is touched: a 1080p frame stays uint8)."""
+        place (:func:`.alignment.add_levels`)."""
         height, width = target.shape[:2]
         x1, y1 = max(0, self.x0), max(0, self.y0)
         x2, y2 = min(width, self.x0 + self.side), min(height, self.y0 + self.side)
@@ -193,8 +189,7 @@ class _Crop:
         # Linear resampling both ways: the perturbation is smooth at the crop's scale, and INTER_AREA would
         # average away what the optimiser placed between the crop's pixels when shrinking it.
         full = cv2.resize(delta, (self.side, self.side), interpolation=cv2.INTER_LINEAR)
-        region = target[y1:y2, x1:x2].astype(np.float32) + full[y1 - self.y0:y2 - self.y0, x1 - self.x0:x2 - self.x0]
-        target[y1:y2, x1:x2] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+        add_levels(target, x1, y1, full[y1 - self.y0:y2 - self.y0, x1 - self.x0:x2 - self.x0])
 
 
 class FaceCloak:

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from media_cleaner.protection.face_cloak.alignment import AlignedCrop
+
 # Side, in pixels, of the grey copy of a face that the tracker matches: big enough to lock on eyes and mouth,
 # small enough to cost about a millisecond per face.
 TRACK_FACE_PX = 48
@@ -71,7 +73,7 @@ class FaceTrack:
     # box it was taken with (frames in between move it with the box), the clean aligned crops the
     # perturbation is optimised over (the latest few keyframes), and the landmarks in the crop when it was
     # last optimised (a turn of the head shows there, after alignment has removed shifts, zoom and tilt).
-    aligned: object | None = None
+    aligned: AlignedCrop | None = None
     anchor: tuple[float, float, float, float] | None = None
     bank: list = field(default_factory=list)
     aligned_pose: np.ndarray | None = None
