@@ -16,7 +16,7 @@ from torch import nn
 from media_cleaner.protection.face_cloak.losses import CloakLoss, IdentityTarget, structural_dissimilarity
 from media_cleaner.protection.face_cloak.masks import perceptual_budget, ycbcr_to_rgb
 from media_cleaner.protection.face_cloak.surrogate import MTCNNSurrogate
-from media_cleaner.protection.face_cloak.transforms import RandomPipeline, gaussian_blur
+from media_cleaner.protection.face_cloak.transforms import RandomPipeline
 
 
 # "rms": the normalised-gradient step, projected onto the visibility floor after every step;
@@ -167,9 +167,8 @@ class CloakPGD(Attack):
                  eot_samples: int = 2, loss: CloakLoss | None = None, transform: nn.Module | None = None,
                  chroma_ratio: float = 0.3, texture_floor: float = 0.35, max_dissimilarity: float | None = None,
                  structural: float = 0.3, smooth: int = 1, recognizer: nn.Module | None = None,
-                 optimiser: str = "rms", highpass: float = 0.0, cancelled: Callable[[], bool] | None = None):
+                 optimiser: str = "rms", cancelled: Callable[[], bool] | None = None):
         super().__init__(model, cancelled)
-        self.highpass = highpass
         if optimiser not in OPTIMISERS:
             raise ValueError(f"optimiser must be one of {', '.join(OPTIMISERS)}, not {optimiser!r}")
         if optimiser == "adam" and max_dissimilarity is None:
@@ -187,8 +186,7 @@ class CloakPGD(Attack):
         return {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
                 "eot_samples": self.eot_samples, "loss": self.loss, "chroma_ratio": self.chroma_ratio,
                 "texture_floor": self.texture_floor, "max_dissimilarity": self.max_dissimilarity,
-                "structural": self.structural, "smooth": self.smooth, "optimiser": self.optimiser,
-                "highpass": self.highpass}
+                "structural": self.structural, "smooth": self.smooth, "optimiser": self.optimiser}
 
     def variable_size(self, height: int, width: int) -> tuple[int, int]:
         """Height and width of the optimisation variable for crops of ``height`` × ``width``."""
@@ -198,9 +196,6 @@ class CloakPGD(Attack):
         """The YCbCr perturbation at crop resolution, inside the per-pixel ``budget``."""
         if variable.shape[-2:] != budget.shape[-2:]:
             variable = F.interpolate(variable, size=budget.shape[-2:], mode="bicubic", align_corners=False)
-        if self.highpass > 0:
-            luma = variable[:, :1]
-            variable = torch.cat([luma - gaussian_blur(luma, self.highpass), variable[:, 1:]], dim=1)
         return torch.maximum(torch.minimum(variable, budget), -budget)
 
     def _adversarial(self, images: torch.Tensor, delta: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:

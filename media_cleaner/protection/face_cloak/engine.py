@@ -149,7 +149,6 @@ class CloakConfig:
     optimiser: str = "rms"
     person_frames: int = 3
     per_person_up_to: float = 0.0
-    highpass: float = 0.0
 
     def __post_init__(self):
         # The floor law must rise with the budget: a stronger setting may never be held to a tighter floor.
@@ -258,8 +257,7 @@ class FaceCloak:
                            recognizer=self.recognizer,
                            chroma_ratio=config.chroma_ratio, texture_floor=config.texture_floor,
                            max_dissimilarity=floor, structural=config.structural, smooth=config.smooth,
-                           optimiser="rms" if hide else config.optimiser,
-                           highpass=0.0 if hide else config.highpass, cancelled=self._stopping)
+                           optimiser="rms" if hide else config.optimiser, cancelled=self._stopping)
             for warm in (False, True)}
         self.tracks, self.keyframes, self._since_keyframe, self.optimisations = [], 0, 0, 0
         self._cuts = SceneCutDetector(config.scene_cut_threshold)

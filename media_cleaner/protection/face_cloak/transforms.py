@@ -118,20 +118,16 @@ class GaussianBlur(nn.Module):
         self.sigmas = sigmas
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return gaussian_blur(images, random.uniform(*self.sigmas)), boxes
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, C, H, W) images blurred by a separable Gaussian of standard deviation ``sigma`` pixels (truncated
-    at 2σ, edges replicated); differentiable."""
-    radius = max(1, math.ceil(2 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+        sigma = random.uniform(*self.sigmas)
+        radius = max(1, math.ceil(2 * sigma))
+        taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+        kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+        kernel = kernel / kernel.sum()
+        channels = images.shape[1]
+        x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+        x = F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+        return x, boxes
 
 
 class InputDiversity(nn.Module):
