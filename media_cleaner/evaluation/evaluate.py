@@ -40,7 +40,8 @@ from media_cleaner.evaluation.media import (
     read_frames,
     require_file,
 )
-from media_cleaner.evaluation.metrics import audio_quality, face_flicker, face_ssim, video_quality
+from media_cleaner.evaluation.metrics import (FACE_VIEW_HEIGHT, audio_quality, enlarged_face_vmaf, face_flicker,
+                                              face_region, face_ssim, video_quality)
 from media_cleaner.evaluation.purification import (
     FRAME_PURIFICATIONS,
     PURIFICATIONS,
@@ -314,6 +315,9 @@ def _score_video(original, original_info, variant, originals: _Originals, indice
     quality = video_quality(original, variant, original_info, ffmpeg=ffmpeg, threads=threads)
     at_original_size = _resize_to(frames, original_info.width, original_info.height)
     quality["face_ssim"] = face_ssim(originals.frames, at_original_size, originals.face_boxes)
+    region = face_region(originals.face_boxes, original_info.width, original_info.height)
+    quality["face_vmaf"] = None if region is None else enlarged_face_vmaf(original, variant, original_info, region,
+                                                                         ffmpeg=ffmpeg, threads=threads)
     result = {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
               "identity_sface": _identity(originals, frames, scale, "sface"),
               "quality": quality, "size": [info.width, info.height]}
@@ -507,6 +511,7 @@ def format_table(result: dict) -> str:
     row("SSIM (luma)", lambda v: v["quality"]["ssim"], digits=4)
     row("face SSIM", lambda v: v["quality"]["face_ssim"], digits=4)
     row("VMAF", lambda v: v["quality"]["vmaf"], digits=1)
+    row(f"face VMAF, enlarged to {FACE_VIEW_HEIGHT} px", lambda v: v["quality"]["face_vmaf"], digits=1)
     row("face flicker (× the original's)", lambda v: v["quality"]["flicker"]["ratio"])
     for name in PURIFICATIONS:
         row(f"after {name}: dlib match rate", lambda v, n=name: v["purified"][n]["match_rate"], percent=True)

@@ -1,7 +1,8 @@
 """Picture and sound quality: how much the protection costs the viewer and the listener.
 
 Video: PSNR and SSIM on luma over all frames and VMAF, from one ffmpeg run (its psnr, ssim and libvmaf
-filters); SSIM inside the original face boxes on the sampled frames, where a perturbation is most visible.
+filters); SSIM inside the original face boxes on the sampled frames, where a perturbation is most visible;
+VMAF of the face region enlarged to a viewer's size (:func:`enlarged_face_vmaf`).
 A distorted video of another size (the platform re-encode) is scaled back to the reference size first, as
 VMAF's own method prescribes. Audio: SNR, PESQ (ITU-T P.862.2 wide band, 16 kHz) and STOI.
 """
@@ -28,6 +29,13 @@ MAX_AUDIO_LAG_S = 0.1
 _PSNR = re.compile(r"PSNR y:(inf|[\d.]+)")
 _SSIM = re.compile(r"SSIM Y:([\d.]+)")
 _VMAF = re.compile(r"VMAF score: ([\d.]+)")
+
+# The height in pixels at which :func:`enlarged_face_vmaf` shows the face region: half of a 1080p screen, a
+# talking head watched full-screen or on a phone. A small video is enlarged that much by every player; a
+# perturbation that cannot be seen at the video's own size can be seen there (EVALUATION.md).
+FACE_VIEW_HEIGHT = 540
+# The face region is the largest face's box widened by this share of its side on each side (forehead, jaw).
+FACE_REGION_MARGIN = 0.2
 
 
 def has_libvmaf(ffmpeg: str | None = None) -> bool:
@@ -68,6 +76,52 @@ def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, 
         raise EvaluationError("ffmpeg compared the videos but printed no PSNR/SSIM (no frames in common?)")
     return {"psnr": math.inf if psnr[-1] == "inf" else float(psnr[-1]), "ssim": float(ssim[-1]),
             "vmaf": float(score[-1]) if score else None}
+
+
+def face_region(boxes: list[list[Box]], width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The region ``(x, y, w, h)`` (even sizes, inside the frame) that covers each sampled frame's largest
+    face box widened by FACE_REGION_MARGIN; None when no face was found in any frame. One region for the
+    whole video, so that a filter can cut it from every frame; a face that moves across the frame makes it
+    large, and the figure then dilutes towards the whole frame's."""
+    largest = [max(frame_boxes, key=lambda box: box.area) for frame_boxes in boxes if frame_boxes]
+    if not largest:
+        return None
+    margin = FACE_REGION_MARGIN * max(max(b.x1 - b.x0, b.y1 - b.y0) for b in largest)
+    x0 = max(0, int(min(b.x0 for b in largest) - margin))
+    y0 = max(0, int(min(b.y0 for b in largest) - margin))
+    x1 = min(width, int(math.ceil(max(b.x1 for b in largest) + margin)))
+    y1 = min(height, int(math.ceil(max(b.y1 for b in largest) + margin)))
+    w, h = (x1 - x0) // 2 * 2, (y1 - y0) // 2 * 2
+    return (x0, y0, w, h) if w >= 16 and h >= 16 else None
+
+
+def enlarged_face_vmaf(reference: str, distorted: str, reference_info: MediaInfo,
+                       region: tuple[int, int, int, int], *, ffmpeg: str | None = None, threads: int = 2,
+                       cancel=None) -> float | None:
+    """VMAF over all frames of the face ``region`` (reference pixels, :func:`face_region`) scaled to
+    FACE_VIEW_HEIGHT pixels tall, as a viewer sees a face enlarged; None without libvmaf.
+
+    The whole-frame VMAF averages the face with everything around it, and judges a small video at its own
+    size: a cloak that ages a face visibly when the video is watched full-screen can keep it above 90."""
+    if not has_libvmaf(ffmpeg):
+        return None
+    x, y, w, h = region
+    view_width = max(2, round(w * FACE_VIEW_HEIGHT / h / 2) * 2)
+    face = f"crop={w}:{h}:{x}:{y},scale={view_width}:{FACE_VIEW_HEIGHT}:flags=bicubic,format=yuv420p,setpts=PTS-STARTPTS"
+    width, height = reference_info.width, reference_info.height
+    graph = (f"[1:V:0]scale={width}:{height}:flags=bicubic,{face}[d];[0:V:0]{face}[r];"
+             f"[d][r]libvmaf=n_threads={threads}[v]")
+    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-nostats", "-threads", str(threads),
+            *user_media_input_args(), "-i", str(reference), *user_media_input_args(), "-i", str(distorted),
+            "-filter_complex", graph, "-map", "[v]", "-f", "null", "-"]
+    try:
+        log = run_ffmpeg(args, registry=cancel)
+    except FFmpegError as exc:
+        raise EvaluationError(f"ffmpeg could not compare the faces: {exc.reason}") from exc
+    score = _VMAF.findall(log)
+    if not score:
+        raise EvaluationError("ffmpeg compared the faces but printed no VMAF (no frames in common?)")
+    return float(score[-1])
 
 
 def frame_ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -19,7 +19,7 @@ from media_cleaner.evaluation.dataset import collect_inputs, evaluate_set, forma
 from media_cleaner.evaluation.evaluate import evaluate_pair, format_table
 from media_cleaner.evaluation.judges import Box, best_match, identity_judge
 from media_cleaner.evaluation.media import even_indices, matching_indices
-from media_cleaner.evaluation.metrics import face_flicker
+from media_cleaner.evaluation.metrics import face_flicker, face_region
 from media_cleaner.evaluation.purification import (
     FRAME_PURIFICATIONS,
     PURIFICATIONS,
@@ -72,7 +72,7 @@ def test_a_video_against_itself_has_no_protection_and_infinite_psnr(self_result)
     assert sface["model"].startswith("SFace") and sface["threshold"] == pytest.approx(0.637)
     quality = delivered["quality"]
     assert math.isinf(quality["psnr"]) and quality["ssim"] == pytest.approx(1.0)
-    assert quality["face_ssim"] == pytest.approx(1.0) and quality["vmaf"] > 95
+    assert quality["face_ssim"] == pytest.approx(1.0) and quality["vmaf"] > 95 and quality["face_vmaf"] > 95
     assert self_result["frames_evaluated"] == 4
     # The face changes between frames exactly as much as in the original, because it is the original.
     assert quality["flicker"]["excess"] == pytest.approx(0.0, abs=1e-9)
@@ -180,6 +180,24 @@ def test_a_heavily_blurred_copy_is_clearly_protected(face_clip, tmp_path):
     assert result["video"]["delivered"]["identity_sface"]["match_rate"] <= 0.5
     quality = result["video"]["delivered"]["quality"]
     assert quality["psnr"] < 30 and quality["face_ssim"] < 0.8
+
+
+def test_a_change_to_the_face_alone_shows_in_the_enlarged_face_vmaf(face_clip, tmp_path):
+    # Grain on the astronaut's face only: diluted by the whole frame, plain when the face is enlarged.
+    changed = tmp_path / "grain.mp4"
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(face_clip),
+                    "-filter_complex", "[0:v]split[a][b];[b]crop=100:130:150:40,noise=alls=14:allf=u[g];"
+                    "[a][g]overlay=150:40", "-c:v", "libx264", "-crf", "18", str(changed)], check=True)
+    quality = evaluate_pair(face_clip, changed, frames=3, cnn_frames=0, reencode=False)["video"]["delivered"]["quality"]
+    assert quality["face_vmaf"] < quality["vmaf"] - 5, quality
+
+
+def test_the_face_region_covers_the_largest_face_of_every_frame_inside_the_frame():
+    boxes = [[Box(100, 50, 140, 100), Box(10, 10, 20, 20)], [], [Box(120, 60, 170, 110)]]
+    # Widened by a fifth of the largest side (50 px) on each side; the small face is not the person's.
+    assert face_region(boxes, 200, 150) == (90, 40, 90, 80)
+    assert face_region([[Box(5, 100, 56, 149)]], 200, 150) == (0, 89, 66, 60)   # kept inside the frame, even
+    assert face_region([[], []], 200, 150) is None
 
 
 # --- against enrolled photos of the person ---------------------------------------------------------------
