@@ -23,7 +23,7 @@ from media_cleaner.protection.face_cloak.attack import CloakPGD
 from media_cleaner.protection.face_cloak.engine import _Crop
 from media_cleaner.protection.face_cloak.masks import face_mask
 from media_cleaner.protection.face_cloak.transforms import BlockCodec, RandomPipeline
-from media_cleaner.params import ProtectionParams
+from media_cleaner.params import PRESETS, ProtectionParams
 from media_cleaner.media.cancel import CancelToken, TaskCancelled
 from media_cleaner.media.pipeline import protect_video
 from media_cleaner.protection.seams import PassThroughVideo, Protectors, VideoStreamInfo
@@ -208,11 +208,15 @@ def test_visibility_floor_holds_and_loosens_with_the_budget(astronaut):
     free = dissimilarity(None)
     assert free > 0.01                          # without the floor the attack does spend more than that
     assert dissimilarity(0.01) <= 0.01 * 1.001
-    floors = [FaceCloak.allowed_dissimilarity(e, CloakConfig()) for e in (0.04, 0.08, 0.12, 0.2, 0.4)]
+    budgets = (0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.32, 0.4)
+    floors = [FaceCloak.allowed_dissimilarity(e, CloakConfig()) for e in budgets]
     assert floors == sorted(floors) and len(set(floors)) == len(floors)   # stronger settings: looser floor
-    config = CloakConfig()   # the law passes through its two measured anchors
-    assert floors[2] == pytest.approx(config.face_dissimilarity)
-    assert floors[4] == pytest.approx(min(config.strongest_face_dissimilarity, config.max_face_dissimilarity))
+    config = CloakConfig()   # the law passes through its three measured anchors, one per preset
+    assert [floors[budgets.index(PRESETS[name][0] * PRESETS[name][1])] for name in PRESETS] == pytest.approx(
+        [config.face_dissimilarity, config.balanced_face_dissimilarity,
+         min(config.strongest_face_dissimilarity, config.max_face_dissimilarity)])
+    with pytest.raises(ValueError, match="balanced_face_dissimilarity"):
+        CloakConfig(face_dissimilarity=0.1, balanced_face_dissimilarity=0.05)
 
 
 def test_adam_keeps_the_visibility_floor_and_the_cap(astronaut):

@@ -71,7 +71,9 @@ def test_the_surrogate_distance_to_the_clean_identity_grows_with_the_budget(astr
     distances = [distance(recognizer, astronaut, protected(astronaut, epsilon, config=config)[1], box)
                  for epsilon in (0.04, 0.12, 0.20)]
     assert distances[0] < distances[1] < distances[2], distances
-    assert distances[1] > 0.5
+    # The default optimiser moves the surrogate far at the default budget; adam, whose candidates must each
+    # sit under the default's tight floor (1 − SSIM 0.008), less, but more than a JPEG at quality 90 (0.08).
+    assert distances[1] > (0.5 if optimiser == "rms" else 0.1), distances
 
 
 def test_one_person_keeps_one_decoy_and_a_second_person_gets_another(astronaut):

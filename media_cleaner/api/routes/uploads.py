@@ -43,8 +43,9 @@ UPLOAD_FORM_SCHEMA = {
         "file": {"type": "string", "format": "binary",
                  "description": "The video: mp4, mov, avi, mkv, webm, flv or m4v"},
         "protection": {"type": "string", "enum": list(PRESETS), "default": "invisible",
-                       "description": "A preset: invisible (identity protection, hard to see), balanced "
-                                      "(stronger identity protection, a visible texture on the face), strong "
+                       "description": "A preset: invisible (looks like the original, also enlarged; "
+                                      "little protection against recognizers it never saw), balanced "
+                                      "(identity protection, a visible texture on the face), strong "
                                       "(hides the face from detectors, MTCNN most; plainly visible). Sets epsilon "
                                       "and video_strength; either given explicitly wins"},
         "epsilon": {"type": "number", "minimum": EPSILON_RANGE[0], "maximum": EPSILON_RANGE[1], "default": 0.12,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from media_cleaner.params import DEFAULT_EPSILON, EPSILON_RANGE, VIDEO_STRENGTH_RANGE, ProtectionParams
+from media_cleaner.params import DEFAULT_EPSILON, EPSILON_RANGE, PRESETS, VIDEO_STRENGTH_RANGE, ProtectionParams
 from media_cleaner.protection.seams import VideoStreamInfo
 from media_cleaner.protection.weights import DEFAULT_RECOGNIZER
 from media_cleaner.protection.face_cloak.alignment import AlignedCrop, add_levels, box_landmarks, padded_region
@@ -45,8 +45,9 @@ from media_cleaner.protection.face_cloak.tracker import FaceTrack, SceneCutDetec
 # Decoys are drawn from this seed and the person's number in the clip: the same clip gets the same decoys.
 DECOY_SEED = 20261201
 
-# The largest budget a user can ask for (epsilon × video_strength at their maxima): the visibility floor's
-# second anchor (CloakConfig.strongest_face_dissimilarity).
+# The budgets (epsilon × video_strength) at which the visibility floor is anchored: the default, the balanced
+# preset's, and the largest a user can ask for (CloakConfig.face_dissimilarity, balanced_…, strongest_…).
+BALANCED_BUDGET = PRESETS["balanced"][0] * PRESETS["balanced"][1]
 STRONGEST_BUDGET = EPSILON_RANGE[1] * VIDEO_STRENGTH_RANGE[1]
 
 # MTCNN's face box is about 0.87 of the canonical landmark template's width in height (measured on the
@@ -68,16 +69,19 @@ class CloakConfig:
         dev keyframes, because the visibility floor, not the effort, limits the attack; EVALUATION.md.)
     chroma_ratio, texture_floor: see :mod:`.masks`.
     perceptual: weight of the perceptual energy penalty.
-    face_dissimilarity / strongest_face_dissimilarity: the visibility floor (largest 1 − luma SSIM inside the
-        face, :class:`~.attack.CloakPGD` ``max_dissimilarity``) at the default budget ``epsilon ×
-        video_strength`` = DEFAULT_EPSILON and at the strongest one the user can pick (0.20 × 2 = 0.40). In
-        between and below it follows the power law through those two points (budget^1.8 with the defaults;
-        1 − SSIM of a small change grows with its square), so every setting has its own floor and a stronger
-        one is always a looser one (budget 0.04 → 0.0049, 0.08 → 0.015, 0.12 → 0.03, 0.20 → 0.070,
-        0.24 → 0.095, 0.40 → 0.22). The anchors were measured (EVALUATION.md "Identity cloak"): 0.03 keeps the
-        identity cloak's default at VMAF 92.9 and face SSIM 0.95 on a dev clip (the detection cloak's 0.015
-        gave VMAF 90.7 with nothing gained), and 0.22 keeps 0.20 × 2 where it hid most faces (about 70 %
-        black-box protection). Capped at ``max_face_dissimilarity``.
+    face_dissimilarity / balanced_face_dissimilarity / strongest_face_dissimilarity: the visibility floor
+        (largest 1 − luma SSIM inside the face, :class:`~.attack.CloakPGD` ``max_dissimilarity``) at three
+        budgets ``epsilon × video_strength``: the default (DEFAULT_EPSILON, the `invisible` preset), the
+        `balanced` preset's (0.16 × 1.5 = 0.24) and the strongest one a user can pick (0.20 × 2 = 0.40).
+        Between them the floor follows the power law through the two neighbouring anchors; below the default
+        it falls with the square of the budget, as 1 − SSIM of a small change does. So every setting has its
+        own floor and a stronger one is always a looser one (budget 0.04 → 0.0009, 0.08 → 0.0036,
+        0.12 → 0.008, 0.16 → 0.022, 0.20 → 0.050, 0.24 → 0.095, 0.32 → 0.15, 0.40 → 0.22). Measured on the dev
+        clips (EVALUATION.md "How visible, enlarged"): at 0.008 a 1080p face at its own size and the 224 px
+        clips enlarged look like our plain encode, where 0.03 (the default until then, face SSIM 0.95, VMAF 92)
+        visibly aged them (deeper frown lines, bags under the eyes), and 0.015 still showed; 0.095 is
+        `balanced` where it was measured (about half the frames no longer match), and 0.22 keeps 0.20 × 2
+        where it hid most faces (about 70 % black-box protection). Capped at ``max_face_dissimilarity``.
     structural: weight of the face dissimilarity in the loss (see :class:`~.attack.CloakPGD`).
     smooth: cell size of the optimisation variable in crop pixels (:class:`~.attack.CloakPGD`); 1 is per
         pixel. Low-frequency variables (4, 8) did not beat per-pixel ones at equal visibility on the dev
@@ -133,7 +137,8 @@ class CloakConfig:
     chroma_ratio: float = 0.12
     texture_floor: float = 0.2
     perceptual: float = 1.0
-    face_dissimilarity: float = 0.03
+    face_dissimilarity: float = 0.008
+    balanced_face_dissimilarity: float = 0.095
     strongest_face_dissimilarity: float = 0.22
     max_face_dissimilarity: float = 0.5
     structural: float = 0.3
@@ -152,9 +157,10 @@ class CloakConfig:
 
     def __post_init__(self):
         # The floor law must rise with the budget: a stronger setting may never be held to a tighter floor.
-        if not 0 < self.face_dissimilarity <= self.strongest_face_dissimilarity:
-            raise ValueError(f"need 0 < face_dissimilarity ({self.face_dissimilarity}) <= "
-                             f"strongest_face_dissimilarity ({self.strongest_face_dissimilarity})")
+        anchors = (self.face_dissimilarity, self.balanced_face_dissimilarity, self.strongest_face_dissimilarity)
+        if not 0 < anchors[0] <= anchors[1] <= anchors[2]:
+            raise ValueError("need 0 < face_dissimilarity <= balanced_face_dissimilarity <= "
+                             f"strongest_face_dissimilarity, not {anchors}")
 
 
 @dataclass(frozen=True)
@@ -229,9 +235,17 @@ class FaceCloak:
     @staticmethod
     def allowed_dissimilarity(epsilon: float, config: CloakConfig) -> float:
         """The face's visibility floor (1 − SSIM) for the effective budget ``epsilon`` (the [-1, 1] range)."""
-        exponent = math.log(config.strongest_face_dissimilarity / config.face_dissimilarity) \
-            / math.log(STRONGEST_BUDGET / DEFAULT_EPSILON)
-        return min(config.max_face_dissimilarity, config.face_dissimilarity * (epsilon / DEFAULT_EPSILON) ** exponent)
+        anchors = [(DEFAULT_EPSILON, config.face_dissimilarity), (BALANCED_BUDGET, config.balanced_face_dissimilarity),
+                   (STRONGEST_BUDGET, config.strongest_face_dissimilarity)]
+        if epsilon <= DEFAULT_EPSILON:
+            floor = config.face_dissimilarity * (epsilon / DEFAULT_EPSILON) ** 2
+        else:   # the power law through the two anchors around it (the last pair past the strongest)
+            (low, low_floor), (high, high_floor) = next(
+                (anchors[i], anchors[i + 1]) for i in range(len(anchors) - 1)
+                if epsilon <= anchors[i + 1][0] or i == len(anchors) - 2)
+            exponent = math.log(high_floor / low_floor) / math.log(high / low)
+            floor = low_floor * (epsilon / low) ** exponent
+        return min(config.max_face_dissimilarity, floor)
 
     def begin(self, info: VideoStreamInfo) -> None:
         torch.set_num_threads(self.threads)

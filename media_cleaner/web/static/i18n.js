@@ -13,9 +13,9 @@ window.MC_STRINGS = {
     chosen: "Chosen: {name} ({size})",
     preset_legend: "How strong?",
     preset_invisible: "Invisible (default)",
-    preset_invisible_why: "Hard to see (picture quality VMAF 92 of 100). Against other photos of the person, " +
-      "independent face recognizers matched only 30–45 % of frames in our tests (two clips); against the same " +
-      "unprotected video they still match almost every frame.",
+    preset_invisible_why: "Looks like the original, also full-screen (VMAF 95 of 100). It protects little: in our " +
+      "tests independent face recognizers still matched 51–82 % of frames to other photos of the person, and " +
+      "every frame to the same unprotected video.",
     preset_balanced: "Balanced",
     preset_balanced_why: "A faint texture on the face (VMAF 85). Against other photos of the person, " +
       "independent recognizers matched 0–13 % of frames in our tests; against the same unprotected video, " +
@@ -87,9 +87,9 @@ window.MC_STRINGS = {
     chosen: "Выбрано: {name} ({size})",
     preset_legend: "Насколько сильно?",
     preset_invisible: "Незаметно (по умолчанию)",
-    preset_invisible_why: "Почти не видно (качество картинки VMAF 92 из 100). По другим фотографиям человека " +
-      "независимые системы распознавания в наших тестах (два ролика) узнали его лишь в 30–45 % кадров; по тому же " +
-      "незащищённому видео они всё ещё узнают почти каждый кадр.",
+    preset_invisible_why: "Выглядит как оригинал, и во весь экран тоже (VMAF 95 из 100). Защищает мало: в наших " +
+      "тестах независимые системы распознавания узнали человека по другим его фотографиям в 51–82 % кадров, " +
+      "а по тому же незащищённому видео — в каждом кадре.",
     preset_balanced: "Сбалансированно",
     preset_balanced_why: "Лёгкая текстура на лице (VMAF 85). По другим фотографиям человека независимые " +
       "системы узнали его в 0–13 % кадров; по тому же незащищённому видео — в 47–82 % кадров и в каждом " +
