@@ -107,7 +107,8 @@ def enlarged_face_vmaf(reference: str, distorted: str, reference_info: MediaInfo
         return None
     x, y, w, h = region
     view_width = max(2, round(w * FACE_VIEW_HEIGHT / h / 2) * 2)
-    face = f"crop={w}:{h}:{x}:{y},scale={view_width}:{FACE_VIEW_HEIGHT}:flags=bicubic,format=yuv420p,setpts=PTS-STARTPTS"
+    face = (f"crop={w}:{h}:{x}:{y},scale={view_width}:{FACE_VIEW_HEIGHT}:flags=bicubic,format=yuv420p,"
+            "setpts=PTS-STARTPTS")
     width, height = reference_info.width, reference_info.height
     graph = (f"[1:V:0]scale={width}:{height}:flags=bicubic,{face}[d];[0:V:0]{face}[r];"
              f"[d][r]libvmaf=n_threads={threads}[v]")

@@ -76,8 +76,8 @@ class CloakConfig:
         Between them the floor follows the power law through the two neighbouring anchors; below the default
         it falls with the square of the budget, as 1 − SSIM of a small change does. So every setting has its
         own floor and a stronger one is always a looser one (budget 0.04 → 0.0009, 0.08 → 0.0036,
-        0.12 → 0.008, 0.16 → 0.022, 0.20 → 0.050, 0.24 → 0.095, 0.32 → 0.15, 0.40 → 0.22). Measured on the dev
-        clips (EVALUATION.md "How visible, enlarged"): at 0.008 a 1080p face at its own size and the 224 px
+        0.12 → 0.008, 0.16 → 0.022, 0.20 → 0.050, 0.24 → 0.095, 0.32 → 0.15, 0.40 → 0.22). Measured on the
+        dev clips (EVALUATION.md "How visible, enlarged"): at 0.008 a 1080p face at its own size and the 224 px
         clips enlarged look like our plain encode, where 0.03 (the default until then, face SSIM 0.95, VMAF 92)
         visibly aged them (deeper frown lines, bags under the eyes), and 0.015 still showed; 0.095 is
         `balanced` where it was measured (about half the frames no longer match), and 0.22 keeps 0.20 × 2
