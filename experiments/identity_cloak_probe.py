@@ -3,7 +3,8 @@
     # protect a clip with engine settings of your choice, then FaceNet's distance on 20 delivered frames
     .venv/bin/python -m experiments.identity_cloak_probe clip VIDEO -o OUT.mp4 [--epsilon 0.12] [--strength 1]
         [--config '{"face_dissimilarity": 0.03}'] [--judges]
-    #   --judges: also the two black-box identity judges on the same frames, PSNR and VMAF
+    #   --judges: also the two black-box identity judges on the same frames, PSNR, VMAF and the face VMAF
+    #   enlarged (the evaluation's figures)
     # the raw float keyframe (no codec): three frames, each optimised cold, for several identity weights
     .venv/bin/python -m experiments.identity_cloak_probe keyframes VIDEO --weights 1 5 10 20 [--config '{}']
     # the white-box ladder per preset: FaceNet's miss rate before the codec, as delivered, after the re-encode
@@ -76,9 +77,13 @@ def clip(args) -> None:
     print(f"protected in {took:.1f} s ({cloak.keyframes} keyframes, {cloak.optimisations} optimisations); "
           f"delivered: {white_box(originals, protected)}")
     if args.judges:
-        from media_cleaner.evaluation.metrics import video_quality
+        from media_cleaner.evaluation.metrics import enlarged_face_vmaf, face_region, video_quality
         quality = video_quality(args.video, args.output, original)
         vmaf = "no libvmaf" if quality["vmaf"] is None else f"VMAF {quality['vmaf']:.1f}"
+        region = face_region(_Originals(originals, [], ["mtcnn"]).face_boxes, original.width, original.height)
+        face = None if region is None else enlarged_face_vmaf(args.video, args.output, original, region)
+        if face is not None:
+            vmaf += f", face VMAF enlarged {face:.1f}"
         print(f"  black box: {black_box(originals, protected)}; PSNR {quality['psnr']:.1f}, {vmaf}", flush=True)
 
 
