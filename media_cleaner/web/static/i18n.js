@@ -17,9 +17,9 @@ window.MC_STRINGS = {
       "tests independent face recognizers still matched 51–82 % of frames to other photos of the person, and " +
       "every frame to the same unprotected video.",
     preset_balanced: "Balanced",
-    preset_balanced_why: "A faint texture on the face (VMAF 85). Against other photos of the person, " +
-      "independent recognizers matched 0–13 % of frames in our tests; against the same unprotected video, " +
-      "47–82 % of frames, and every clip as a whole.",
+    preset_balanced_why: "A texture on the face, plain to see when it is enlarged (VMAF 85). Against other " +
+      "photos of the person, independent recognizers matched 0–13 % of frames in our tests; against the same " +
+      "unprotected video, 47–82 % of frames, and every clip as a whole.",
     preset_strong: "Strong",
     preset_strong_why: "Plainly visible mottling on the face (VMAF about 60). Hides the face from some face " +
       "detectors: 30–76 % of frames, depending on the detector (one of five still finds every face).",
@@ -91,9 +91,9 @@ window.MC_STRINGS = {
       "тестах независимые системы распознавания узнали человека по другим его фотографиям в 51–82 % кадров, " +
       "а по тому же незащищённому видео — в каждом кадре.",
     preset_balanced: "Сбалансированно",
-    preset_balanced_why: "Лёгкая текстура на лице (VMAF 85). По другим фотографиям человека независимые " +
-      "системы узнали его в 0–13 % кадров; по тому же незащищённому видео — в 47–82 % кадров и в каждом " +
-      "ролике в целом.",
+    preset_balanced_why: "Текстура на лице, хорошо заметная при увеличении (VMAF 85). По другим фотографиям " +
+      "человека независимые системы узнали его в 0–13 % кадров; по тому же незащищённому видео — в 47–82 % " +
+      "кадров и в каждом ролике в целом.",
     preset_strong: "Сильно",
     preset_strong_why: "Хорошо заметная пятнистость на лице (VMAF около 60). Прячет лицо от части детекторов " +
       "лиц: 30–76 % кадров в зависимости от детектора (один из пяти всё равно находит каждое лицо).",
