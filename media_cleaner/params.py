@@ -19,7 +19,7 @@ DEFAULT_EVERY_N_FRAMES = 10
 DEFAULT_AUDIO_LEVEL = "weak"
 
 # Presets for people who do not want to think in epsilons: measured points of the epsilon × strength curve
-# (EVALUATION.md, "Identity cloak"). invisible: the default, looks like the original also enlarged, and moves
+# (EVALUATION.md, "Identity cloak"). invisible: the default, hard to tell from the original also enlarged; moves
 # recognizers it never saw little; balanced: identity protection, a visible wrinkle-like texture;
 # strong: hides the face from detectors instead (MTCNN in about three frames of four, others less), plainly blotchy.
 PRESETS = {"invisible": (0.12, 1.0), "balanced": (0.16, 1.5), "strong": (0.20, 2.0)}

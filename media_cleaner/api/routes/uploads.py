@@ -43,7 +43,7 @@ UPLOAD_FORM_SCHEMA = {
         "file": {"type": "string", "format": "binary",
                  "description": "The video: mp4, mov, avi, mkv, webm, flv or m4v"},
         "protection": {"type": "string", "enum": list(PRESETS), "default": "invisible",
-                       "description": "A preset: invisible (looks like the original, also enlarged; "
+                       "description": "A preset: invisible (hard to tell from the original, also enlarged; "
                                       "little protection against recognizers it never saw), balanced "
                                       "(identity protection, a visible texture on the face), strong "
                                       "(hides the face from detectors, MTCNN most; plainly visible). Sets epsilon "

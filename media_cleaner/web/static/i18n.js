@@ -13,7 +13,7 @@ window.MC_STRINGS = {
     chosen: "Chosen: {name} ({size})",
     preset_legend: "How strong?",
     preset_invisible: "Invisible (default)",
-    preset_invisible_why: "Looks like the original, also full-screen (VMAF 95 of 100). It protects little: in our " +
+    preset_invisible_why: "Hard to tell from the original, also full-screen (VMAF 95 of 100). It protects little: in our " +
       "tests independent face recognizers still matched 51–82 % of frames to other photos of the person, and " +
       "every frame to the same unprotected video.",
     preset_balanced: "Balanced",
@@ -87,7 +87,7 @@ window.MC_STRINGS = {
     chosen: "Выбрано: {name} ({size})",
     preset_legend: "Насколько сильно?",
     preset_invisible: "Незаметно (по умолчанию)",
-    preset_invisible_why: "Выглядит как оригинал, и во весь экран тоже (VMAF 95 из 100). Защищает мало: в наших " +
+    preset_invisible_why: "Почти не отличить от оригинала, и во весь экран тоже (VMAF 95 из 100). Защищает мало: в наших " +
       "тестах независимые системы распознавания узнали человека по другим его фотографиям в 51–82 % кадров, " +
       "а по тому же незащищённому видео — в каждом кадре.",
     preset_balanced: "Сбалансированно",
