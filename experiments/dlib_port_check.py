@@ -4,8 +4,9 @@ media_cleaner.protection.face_cloak.dlib_recognizer, face by face, and the dista
 
     .venv/bin/python -m experiments.dlib_port_check [--faces ../shared/media/dev/faces] [--photos 5]
 
-The ``--faces`` folder is the development faces, kept beside the checkout and never committed: their rights
-stay with their owners, so a fresh clone has none. Any folder of ``<person>/<photos>`` works.
+The ``--faces`` folder is the development faces, outside this repository (beside the checkout) and never
+committed: their rights stay with their owners, so a fresh clone has none. Any folder of ``<person>/<photos>``
+works.
 
 Faces are found with dlib's HOG detector, aligned with its 5-point landmarks and cut with
 ``dlib.get_face_chip(image, shape, size=150, padding=0.25)``, as ``face_recognition`` does; the images are

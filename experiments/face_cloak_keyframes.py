@@ -59,8 +59,8 @@ def keyframes(clips: list[Path], cache: Path) -> list[tuple[str, np.ndarray]]:
 def dev_keyframes(cache: str | Path) -> list[tuple[str, np.ndarray]]:
     """:func:`keyframes` of the :data:`DEV_CLIPS` in ../shared/media/dev/videos, decoded once into ``cache``.
 
-    That folder is beside the checkout and never committed: the development clips' rights stay with their
-    owners, so a fresh clone has none. The figures these keyframes gave are in EVALUATION.md."""
+    That folder is outside this repository (beside the checkout) and never committed: the development clips'
+    rights stay with their owners, so a fresh clone has none. The figures these keyframes gave are in EVALUATION.md."""
     root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
     Path(cache).mkdir(parents=True, exist_ok=True)
     return keyframes([root / f"{name}.mp4" for name in DEV_CLIPS], Path(cache))
@@ -132,8 +132,8 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = cloak_config(args.config)
-    # The development clips live beside the checkout, never inside it (their rights stay with their owners,
-    # so a fresh clone has none); --clips takes any other videos.
+    # The development clips live outside this repository, beside the checkout (their rights stay with their
+    # owners, so a fresh clone has none); --clips takes any other videos.
     root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
     clips = videos(args.clips) if args.clips else [root / f"{name}.mp4" for name in DEV_CLIPS]
     out = Path(args.out)

@@ -77,13 +77,12 @@ def clip(args) -> None:
     print(f"protected in {took:.1f} s ({cloak.keyframes} keyframes, {cloak.optimisations} optimisations); "
           f"delivered: {white_box(originals, protected)}")
     if args.judges:
-        from media_cleaner.evaluation.metrics import enlarged_face_vmaf, face_region, video_quality
-        quality = video_quality(args.video, args.output, original)
-        vmaf = "no libvmaf" if quality["vmaf"] is None else f"VMAF {quality['vmaf']:.1f}"
+        from media_cleaner.evaluation.metrics import face_region, video_quality
         region = face_region(_Originals(originals, [], ["mtcnn"]).face_boxes, original.width, original.height)
-        face = None if region is None else enlarged_face_vmaf(args.video, args.output, original, region)
-        if face is not None:
-            vmaf += f", face VMAF enlarged {face:.1f}"
+        quality = video_quality(args.video, args.output, original, face=region)
+        vmaf = "no libvmaf" if quality["vmaf"] is None else f"VMAF {quality['vmaf']:.1f}"
+        if quality["face_vmaf"] is not None:
+            vmaf += f", face VMAF enlarged {quality['face_vmaf']:.1f}"
         print(f"  black box: {black_box(originals, protected)}; PSNR {quality['psnr']:.1f}, {vmaf}", flush=True)
 
 

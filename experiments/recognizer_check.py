@@ -3,8 +3,8 @@
 
     .venv/bin/python -m experiments.recognizer_check ../shared/media/dev/faces [--per-person 6]
 
-The folder in that command is the development faces, kept beside the checkout and never committed: their
-rights stay with their owners, so a fresh clone has none. Any folder of ``<identity>/<photos>`` works.
+The folder in that command is the development faces, outside this repository (beside the checkout) and never
+committed: their rights stay with their owners, so a fresh clone has none. Any folder of ``<identity>/<photos>`` works.
 
 Faces are found and cut with facenet-pytorch's MTCNN (160 px chip, margin 20), embedded with
 media_cleaner.protection.face_cloak.recognizer; folders starting with "_" (group shots) are skipped.

@@ -18,8 +18,8 @@ measures a custom :class:`~media_cleaner.protection.voice_mask.MaskLevel` (field
 it is a shipped level).
 
 The media are read from ``--media`` (default ``../shared/media/dev``, the development media: talking-head
-clips, face photos, speech of 10 speakers) and never copied. That folder is beside the checkout and never
-committed: its rights stay with its owners, so a fresh clone has none. Any folder laid out the same way
+clips, face photos, speech of 10 speakers) and never copied. That folder is outside this repository, beside
+the checkout, and never committed: its rights stay with its owners, so a fresh clone has none. Any folder laid out the same way
 works: ``speech/<speaker>/<utterances>`` and ``videos/*.mp4``.
 """
 from __future__ import annotations
@@ -145,7 +145,8 @@ def spectrogram_png(clean: np.ndarray, protected: np.ndarray, rate: int, path: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # Beside the checkout, never inside it: the development media's rights stay with their owners.
+    # Outside this repository, beside the checkout: the development media's rights stay with their owners, so a
+    # fresh clone has none; --media takes any folder laid out the same way.
     parser.add_argument("--media", type=Path, default=Path(__file__).resolve().parents[2] / "shared/media/dev")
     parser.add_argument("--levels", nargs="+", default=["weak", "medium", "strong"])
     parser.add_argument("--per-speaker", type=int, default=1, help="utterances per speech speaker")

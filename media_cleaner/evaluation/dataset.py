@@ -110,7 +110,7 @@ COLUMNS = [
     ("SSIM", ("video", "delivered", "quality", "ssim"), "3"),
     ("faceSSIM", ("video", "delivered", "quality", "face_ssim"), "3"),
     ("VMAF D/R", ("video", "{variant}", "quality", "vmaf"), "0-2"),
-    # The face region enlarged to a viewer's size (evaluation.metrics.enlarged_face_vmaf).
+    # The face region enlarged to a viewer's size (evaluation.metrics.video_quality).
     ("faceVMAF D/R", ("video", "{variant}", "quality", "face_vmaf"), "0-2"),
     ("flicker×", ("video", "delivered", "quality", "flicker", "ratio"), "2"),
     # Identity after each cheap purification of the delivered file (see evaluation.purification).

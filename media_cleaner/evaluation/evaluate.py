@@ -40,8 +40,8 @@ from media_cleaner.evaluation.media import (
     read_frames,
     require_file,
 )
-from media_cleaner.evaluation.metrics import (FACE_VIEW_HEIGHT, audio_quality, enlarged_face_vmaf, face_flicker,
-                                              face_region, face_ssim, video_quality)
+from media_cleaner.evaluation.metrics import (FACE_VIEW_HEIGHT, audio_quality, face_flicker, face_region,
+                                              face_ssim, video_quality)
 from media_cleaner.evaluation.purification import (
     FRAME_PURIFICATIONS,
     PURIFICATIONS,
@@ -312,12 +312,10 @@ def _score_video(original, original_info, variant, originals: _Originals, indice
     else:   # the flicker figure needs the frame after each sampled one too
         frames, following = read_with_next(variant, own_indices, info, ffmpeg, threads)
     scale = (original_info.width / info.width, original_info.height / info.height)
-    quality = video_quality(original, variant, original_info, ffmpeg=ffmpeg, threads=threads)
+    quality = video_quality(original, variant, original_info, ffmpeg=ffmpeg, threads=threads,
+                            face=face_region(originals.face_boxes, original_info.width, original_info.height))
     at_original_size = _resize_to(frames, original_info.width, original_info.height)
     quality["face_ssim"] = face_ssim(originals.frames, at_original_size, originals.face_boxes)
-    region = face_region(originals.face_boxes, original_info.width, original_info.height)
-    quality["face_vmaf"] = None if region is None else enlarged_face_vmaf(original, variant, original_info, region,
-                                                                         ffmpeg=ffmpeg, threads=threads)
     result = {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
               "identity_sface": _identity(originals, frames, scale, "sface"),
               "quality": quality, "size": [info.width, info.height]}

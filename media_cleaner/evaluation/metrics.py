@@ -2,7 +2,7 @@
 
 Video: PSNR and SSIM on luma over all frames and VMAF, from one ffmpeg run (its psnr, ssim and libvmaf
 filters); SSIM inside the original face boxes on the sampled frames, where a perturbation is most visible;
-VMAF of the face region enlarged to a viewer's size (:func:`enlarged_face_vmaf`).
+VMAF of the face region enlarged to a viewer's size (``face_vmaf``).
 A distorted video of another size (the platform re-encode) is scaled back to the reference size first, as
 VMAF's own method prescribes. Audio: SNR, PESQ (ITU-T P.862.2 wide band, 16 kHz) and STOI.
 """
@@ -28,9 +28,9 @@ MAX_AUDIO_LAG_S = 0.1
 
 _PSNR = re.compile(r"PSNR y:(inf|[\d.]+)")
 _SSIM = re.compile(r"SSIM Y:([\d.]+)")
-_VMAF = re.compile(r"VMAF score: ([\d.]+)")
+_VMAF = re.compile(r"\[Parsed_libvmaf_(\d+) @ [^\]]*\] VMAF score: ([\d.]+)")
 
-# The height in pixels at which :func:`enlarged_face_vmaf` shows the face region: half of a 1080p screen, a
+# The height in pixels at which :func:`video_quality`'s ``face_vmaf`` shows the face region: half of a 1080p screen, a
 # talking head watched full-screen or on a phone. A small video is enlarged that much by every player; a
 # perturbation that cannot be seen at the video's own size can be seen there (EVALUATION.md).
 FACE_VIEW_HEIGHT = 540
@@ -44,16 +44,22 @@ def has_libvmaf(ffmpeg: str | None = None) -> bool:
 
 
 def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, vmaf: bool = True,
-                  ffmpeg: str | None = None, threads: int = 2, cancel=None) -> dict:
-    """``{"psnr", "ssim", "vmaf"}`` of ``distorted`` against ``reference`` over all frames (luma).
+                  face: tuple[int, int, int, int] | None = None, ffmpeg: str | None = None, threads: int = 2,
+                  cancel=None) -> dict:
+    """``{"psnr", "ssim", "vmaf", "face_vmaf"}`` of ``distorted`` against ``reference`` over all frames (luma).
 
     PSNR is ffmpeg's: from the mean squared error averaged over frames (inf when every frame is identical).
-    ``vmaf`` is None when the ffmpeg in use lacks libvmaf.
+    ``vmaf`` is None when the ffmpeg in use lacks libvmaf. ``face_vmaf`` is VMAF over the face region ``face``
+    (reference pixels, :func:`face_region`) scaled to FACE_VIEW_HEIGHT pixels tall, as a viewer sees a face
+    enlarged; None without a region or libvmaf. The whole-frame VMAF averages the face with everything around
+    it and judges a small video at its own size: a cloak that visibly ages a face watched full-screen kept it
+    above 90. All of them come from one decode of each video.
     """
     executable = find_ffmpeg(ffmpeg)
     vmaf = vmaf and has_libvmaf(ffmpeg)
+    face = face if vmaf else None
     width, height = reference_info.width, reference_info.height
-    outputs = 3 if vmaf else 2
+    outputs = 2 + vmaf + (face is not None)
     labels = "".join(f"[d{i}]" for i in range(outputs)), "".join(f"[r{i}]" for i in range(outputs))
     graph = (f"[1:V:0]scale={width}:{height}:flags=bicubic,format=yuv420p,setpts=PTS-STARTPTS,"
              f"split={outputs}{labels[0]};"
@@ -64,6 +70,12 @@ def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, 
         # libvmaf takes the distorted picture first, the reference second.
         graph += f";[d2][r2]libvmaf=n_threads={threads}[v]"
         maps += ["-map", "[v]"]
+    if face is not None:
+        x, y, w, h = face
+        enlarge = f"crop={w}:{h}:{x}:{y},scale={max(2, round(w * FACE_VIEW_HEIGHT / h / 2) * 2)}:" \
+                  f"{FACE_VIEW_HEIGHT}:flags=bicubic"
+        graph += f";[d3]{enlarge}[fd];[r3]{enlarge}[fr];[fd][fr]libvmaf=n_threads={threads}[f]"
+        maps += ["-map", "[f]"]
     args = [executable, "-hide_banner", "-nostdin", "-nostats", "-threads", str(threads),
             *user_media_input_args(), "-i", str(reference), *user_media_input_args(), "-i", str(distorted),
             "-filter_complex", graph, *maps, "-f", "null", "-"]
@@ -71,11 +83,16 @@ def video_quality(reference: str, distorted: str, reference_info: MediaInfo, *, 
         log = run_ffmpeg(args, registry=cancel)
     except FFmpegError as exc:
         raise EvaluationError(f"ffmpeg could not compare the videos: {exc.reason}") from exc
-    psnr, ssim, score = _PSNR.findall(log), _SSIM.findall(log), _VMAF.findall(log)
+    psnr, ssim = _PSNR.findall(log), _SSIM.findall(log)
     if not psnr or not ssim:
         raise EvaluationError("ffmpeg compared the videos but printed no PSNR/SSIM (no frames in common?)")
+    # Each libvmaf prints its score when the graph closes, in no fixed order, tagged with its place in the
+    # graph: the whole frame's comes first in the graph, the face's second.
+    scores = [float(score) for _, score in sorted((int(n), score) for n, score in _VMAF.findall(log))]
+    if len(scores) < vmaf + (face is not None):
+        raise EvaluationError("ffmpeg compared the videos but printed no VMAF (no frames in common?)")
     return {"psnr": math.inf if psnr[-1] == "inf" else float(psnr[-1]), "ssim": float(ssim[-1]),
-            "vmaf": float(score[-1]) if score else None}
+            "vmaf": scores[0] if vmaf else None, "face_vmaf": scores[1] if face is not None else None}
 
 
 def face_region(boxes: list[list[Box]], width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -93,36 +110,6 @@ def face_region(boxes: list[list[Box]], width: int, height: int) -> tuple[int, i
     y1 = min(height, int(math.ceil(max(b.y1 for b in largest) + margin)))
     w, h = (x1 - x0) // 2 * 2, (y1 - y0) // 2 * 2
     return (x0, y0, w, h) if w >= 16 and h >= 16 else None
-
-
-def enlarged_face_vmaf(reference: str, distorted: str, reference_info: MediaInfo,
-                       region: tuple[int, int, int, int], *, ffmpeg: str | None = None, threads: int = 2,
-                       cancel=None) -> float | None:
-    """VMAF over all frames of the face ``region`` (reference pixels, :func:`face_region`) scaled to
-    FACE_VIEW_HEIGHT pixels tall, as a viewer sees a face enlarged; None without libvmaf.
-
-    The whole-frame VMAF averages the face with everything around it, and judges a small video at its own
-    size: a cloak that ages a face visibly when the video is watched full-screen can keep it above 90."""
-    if not has_libvmaf(ffmpeg):
-        return None
-    x, y, w, h = region
-    view_width = max(2, round(w * FACE_VIEW_HEIGHT / h / 2) * 2)
-    face = (f"crop={w}:{h}:{x}:{y},scale={view_width}:{FACE_VIEW_HEIGHT}:flags=bicubic,format=yuv420p,"
-            "setpts=PTS-STARTPTS")
-    width, height = reference_info.width, reference_info.height
-    graph = (f"[1:V:0]scale={width}:{height}:flags=bicubic,{face}[d];[0:V:0]{face}[r];"
-             f"[d][r]libvmaf=n_threads={threads}[v]")
-    args = [find_ffmpeg(ffmpeg), "-hide_banner", "-nostdin", "-nostats", "-threads", str(threads),
-            *user_media_input_args(), "-i", str(reference), *user_media_input_args(), "-i", str(distorted),
-            "-filter_complex", graph, "-map", "[v]", "-f", "null", "-"]
-    try:
-        log = run_ffmpeg(args, registry=cancel)
-    except FFmpegError as exc:
-        raise EvaluationError(f"ffmpeg could not compare the faces: {exc.reason}") from exc
-    score = _VMAF.findall(log)
-    if not score:
-        raise EvaluationError("ffmpeg compared the faces but printed no VMAF (no frames in common?)")
-    return float(score[-1])
 
 
 def frame_ssim(a: np.ndarray, b: np.ndarray) -> float:

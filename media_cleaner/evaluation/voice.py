@@ -12,8 +12,9 @@ measured with::
 
     .venv/bin/python -m media_cleaner voice-threshold ../shared/media/dev/speech
 
-That folder is the development speech (64 utterances of 10 speakers, LibriSpeech and HDTF), kept beside the
-checkout and never committed: its rights stay with its owners, so a fresh clone has none. Any folder of
+That folder is the development speech (64 utterances of 10 speakers, LibriSpeech and HDTF), outside this
+repository (beside the checkout) and never committed: its rights stay with its owners, so a fresh clone has
+none. Any folder of
 ``<speaker>/<utterances>`` works.
 
 Resemblyzer on 2026-11-27: 0.7235, EER 0.36 % (64 utterances of 10 speakers; 270 same-speaker pairs, mean

@@ -213,7 +213,8 @@ class CloakPGD(Attack):
             measured = structural_dissimilarity(images, self._adversarial(images, self._full(delta, budget), cap),
                                                 mask)
             # 0.98: land just inside the floor, so that rounding to uint8 does not push it back out.
-            shrink = self._groups.min((0.98 * self.max_dissimilarity / measured.clamp(min=1e-12)).sqrt().clamp(max=1.0))
+            shrink = (0.98 * self.max_dissimilarity / measured.clamp(min=1e-12)).sqrt().clamp(max=1.0)
+            shrink = self._groups.min(shrink)   # a shared perturbation: the tightest of its crops
             if bool((shrink >= 1.0).all()):
                 break
             delta = delta * shrink.view(-1, 1, 1, 1)

@@ -372,18 +372,10 @@ class FaceCloak:
         poses = None if any(pose is None for _, (_, _, pose) in entries) \
             else torch.tensor([pose for _, (_, _, pose) in entries], dtype=torch.float32)
         mask = face_mask(side, side, boxes, margin=config.mask_margin)
-        warm = all(track.delta_ycbcr is not None for track in tracks)
-        attack = self._attack[warm]
-        init = None if not any(t.delta_ycbcr is not None for t in tracks) else torch.stack(
-            [track.delta_ycbcr if track.delta_ycbcr is not None else torch.zeros(3, *attack.variable_size(side, side))
-             for track in tracks])
         identity = IdentityTarget(torch.stack([t.identity for t in tracks])[groups],
                                   torch.stack([t.decoy for t in tracks])[groups], poses)
-        result = attack(images.to(self.device), boxes.to(self.device), mask.to(self.device), init, identity, groups)
-        self.optimisations += 1
-        deltas = (result.delta_rgb * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
-        for track, delta, variable in zip(tracks, deltas, result.delta_ycbcr.cpu()):
-            track.delta_rgb, track.delta_ycbcr = delta, variable
+        self._attack_tracks(tracks, images, boxes, mask, identity, groups)
+        for track in tracks:
             track.optimised += 1
 
     def _due(self, track: FaceTrack, face) -> bool:
@@ -412,24 +404,30 @@ class FaceCloak:
             mask = torch.ones(len(tracks), 1, side, side)
         else:
             mask = face_mask(side, side, boxes_t, margin=config.mask_margin)
-        warm = all(track.delta_ycbcr is not None for track in tracks)
-        attack = self._attack[warm]
-        init = torch.stack([track.delta_ycbcr if track.delta_ycbcr is not None
-                            else torch.zeros(3, *attack.variable_size(side, side))
-                            for track in tracks]) if any(t.delta_ycbcr is not None for t in tracks) else None
         poses_t = None if poses is None else torch.tensor(poses, dtype=torch.float32)
         identity = None
         if self.recognizer is not None:
             self._learn_identities(images, boxes_t, tracks, poses_t)
             identity = IdentityTarget(torch.stack([t.identity for t in tracks]), torch.stack([t.decoy for t in tracks]),
                                       poses_t)
-        result = attack(images.to(self.device), boxes_t.to(self.device), mask.to(self.device), init, identity)
+        self._attack_tracks(tracks, images, boxes_t, mask, identity)
+
+    def _attack_tracks(self, tracks: list[FaceTrack], images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
+                       identity: IdentityTarget | None, groups: torch.Tensor | None = None) -> None:
+        """One attack over the crops ``images`` for ``tracks``, one perturbation each (``groups``: which track
+        each crop belongs to; None, one crop per track), warm-started where a track has a perturbation (the
+        warm attack's fewer steps only when all have); stores each track's perturbation and warm start."""
+        side = self.config.crop_side
+        attack = self._attack[all(track.delta_ycbcr is not None for track in tracks)]
+        init = None
+        if any(track.delta_ycbcr is not None for track in tracks):
+            init = torch.stack([track.delta_ycbcr if track.delta_ycbcr is not None
+                                else torch.zeros(3, *attack.variable_size(side, side)) for track in tracks])
+        result = attack(images.to(self.device), boxes.to(self.device), mask.to(self.device), init, identity, groups)
         self.optimisations += 1
         deltas = (result.delta_rgb * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
         for track, delta, variable in zip(tracks, deltas, result.delta_ycbcr.cpu()):
-            track.delta_rgb = delta
-            track.delta_ycbcr = variable
-
+            track.delta_rgb, track.delta_ycbcr = delta, variable
 
     @torch.no_grad()
     def _learn_identities(self, images: torch.Tensor, boxes: torch.Tensor, tracks: list[FaceTrack],
