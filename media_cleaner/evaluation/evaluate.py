@@ -64,7 +64,7 @@ DEFAULT_FRAMES = 60
 # dlib's CNN takes about a second per frame on a busy 2-core CPU: it sees an even subset of the sample.
 DEFAULT_CNN_FRAMES = 8
 # Reported in this order; the first is the white-box surrogate.
-DETECTOR_ORDER = ("mtcnn", "haar", "dlib_hog", "dlib_cnn", "yuface")
+DETECTOR_ORDER = ("mtcnn", "haar", "dlib_hog", "dlib_cnn", "yuface", "blazeface")
 # Whose boxes mark "the face" for face SSIM, most reliable first.
 FACE_BOX_SOURCES = ("mtcnn", "dlib_hog", "haar")
 

@@ -1,7 +1,8 @@
 """The models that score protection: face detectors and dlib's face embedding.
 
 Black-box judges (the protection never sees them): OpenCV's Haar frontal cascade, dlib's HOG detector,
-dlib's CNN (mmod) detector, libfacedetection's CNN (``yuface``, BSD), and two recognizers: dlib's 128-D ResNet
+dlib's CNN (mmod) detector, libfacedetection's CNN (``yuface``, BSD), MediaPipe's BlazeFace (Apache-2.0), and
+two recognizers: dlib's 128-D ResNet
 face embedding and OpenCV Zoo's SFace (:class:`SFaceIdentity`). White-box surrogate (the face cloak
 attacks it, so its figure is an upper bound): MTCNN from facenet-pytorch. None of these is ever used to
 compute a perturbation.
@@ -208,8 +209,79 @@ class YuFaceDetector(FaceDetector):
                 for x, y, w, h in np.asarray(boxes, dtype=np.float64)]
 
 
+def blazeface_anchors() -> np.ndarray:
+    """The short-range BlazeFace model's 896 anchor centres (x, y), in input fractions: MediaPipe's
+    SsdAnchorsCalculator options for it (four layers of strides 8, 16, 16, 16 on a 128 px input, two anchors
+    per layer and cell, all of size 1), laid out as its outputs are: layers of one stride together, then
+    rows, columns, anchors."""
+    centres = []
+    for stride, per_cell in ((8, 2), (16, 6)):      # layer 0; layers 1–3 share stride 16, 2 anchors each
+        cells = 128 // stride
+        for row in range(cells):
+            for column in range(cells):
+                centres += [((column + 0.5) / cells, (row + 0.5) / cells)] * per_cell
+    return np.array(centres, dtype=np.float32)
+
+
+class BlazeFaceDetector(FaceDetector):
+    """MediaPipe's short-range BlazeFace (Bazarevsky et al., "BlazeFace: Sub-millisecond Neural Face Detection
+    on Mobile GPUs", 2019), its default face detector: an SSD-style single-shot network with nothing in common
+    with MTCNN's cascade. The model file ships in the ``mediapipe`` wheel (Apache-2.0; only the file is
+    used, so the package is installed without its dependencies) and Google's LiteRT interpreter
+    (``ai-edge-litert``, Apache-2.0) runs it. Decoded as MediaPipe's face-detection graph does: the frame
+    letterboxed to a 128 px square in [-1, 1], box offsets scaled by 128 around each anchor, sigmoid score
+    ≥ 0.5; of boxes overlapping by IoU > 0.3 the best-scoring is kept (MediaPipe averages them instead,
+    which moves a box a little but finds the same faces)."""
+
+    name = "blazeface"
+    SIDE = 128
+    MIN_SCORE = 0.5
+    MERGE_IOU = 0.3
+
+    def __init__(self) -> None:
+        super().__init__()
+        interpreter = _require("ai_edge_litert.interpreter", "ai-edge-litert")
+        spec = importlib.util.find_spec("mediapipe")   # not imported: only its model file is used
+        path = None if spec is None or not spec.submodule_search_locations else \
+            Path(next(iter(spec.submodule_search_locations))) / "modules/face_detection/face_detection_short_range.tflite"
+        if path is None or not path.is_file():
+            raise EvaluationError("BlazeFace's model file (the mediapipe wheel) is missing; install the judges: "
+                                  ".venv/bin/pip install --no-deps --require-hashes -r requirements-judges.txt")
+        self._model = interpreter.Interpreter(model_path=str(path), num_threads=1)
+        self._model.allocate_tensors()
+        self._input = self._model.get_input_details()[0]["index"]
+        outputs = {d["name"]: d["index"] for d in self._model.get_output_details()}
+        self._boxes, self._scores = outputs["regressors"], outputs["classificators"]
+        self._anchors = blazeface_anchors()
+
+    def _detect(self, rgb):
+        import cv2
+        height, width = rgb.shape[:2]
+        side = max(height, width)   # letterbox: the frame centred on a black square, as MediaPipe does
+        square = np.zeros((side, side, 3), np.uint8)
+        top, left = (side - height) // 2, (side - width) // 2
+        square[top:top + height, left:left + width] = rgb
+        small = cv2.resize(square, (self.SIDE, self.SIDE), interpolation=cv2.INTER_AREA)
+        self._model.set_tensor(self._input, (small.astype(np.float32) / 127.5 - 1)[None])
+        self._model.invoke()
+        raw = self._model.get_tensor(self._boxes)[0]
+        logits = np.clip(self._model.get_tensor(self._scores)[0, :, 0].astype(np.float64), -100, 100)
+        scores = 1 / (1 + np.exp(-logits))
+        keep = np.flatnonzero(scores >= self.MIN_SCORE)
+        centres = (self._anchors[keep] + raw[keep, :2] / self.SIDE).astype(np.float64)
+        sizes = (raw[keep, 2:4] / self.SIDE).astype(np.float64)
+        candidates = [(float(scores[i]), Box(*map(float, centre - size / 2), *map(float, centre + size / 2)))
+                      for i, centre, size in zip(keep, centres, sizes)]
+        found = []
+        for score, box in sorted(candidates, key=lambda pair: -pair[0]):
+            if all(box.iou(other) <= self.MERGE_IOU for other in found):
+                found.append(box)
+        return [Box(b.x0 * side - left, b.y0 * side - top, b.x1 * side - left, b.y1 * side - top).clipped(width, height)
+                for b in found]
+
+
 DETECTORS = {"mtcnn": MtcnnDetector, "haar": HaarDetector, "dlib_hog": DlibHogDetector,
-             "dlib_cnn": DlibCnnDetector, "yuface": YuFaceDetector}
+             "dlib_cnn": DlibCnnDetector, "yuface": YuFaceDetector, "blazeface": BlazeFaceDetector}
 
 
 @functools.cache

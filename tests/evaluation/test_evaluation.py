@@ -32,7 +32,7 @@ from media_cleaner.params import ProtectionParams
 from media_cleaner.media.probe import probe_media
 from support.media_factory import make_face_video
 
-DETECTORS = ("mtcnn", "haar", "dlib_hog", "dlib_cnn", "yuface")
+DETECTORS = ("mtcnn", "haar", "dlib_hog", "dlib_cnn", "yuface", "blazeface")
 
 
 def blurred_copy(source: Path, target: Path) -> Path:
@@ -102,6 +102,25 @@ def test_the_sface_judge_knows_her_after_jpeg_and_not_a_cat():
     # A cat where her face was (cut at her landmarks) is nobody she could be.
     cat = np.ascontiguousarray(cv2.resize(data.chelsea(), face.shape[1::-1]))
     assert judge.distance(judge.embed(face, handle), judge.embed(cat, handle)) > judge.threshold
+
+
+def test_blazeface_finds_her_where_mtcnn_does_in_any_frame_shape_and_no_face_in_coffee():
+    from skimage import data
+    from media_cleaner.evaluation.judges import blazeface_anchors, detector
+    assert blazeface_anchors().shape == (896, 2)
+    judge, face = detector("blazeface"), data.astronaut()
+    reference = max(detector("mtcnn").detect(face), key=lambda box: box.area)
+    found = judge.detect(face)
+    assert len(found) == 1 and found[0].iou(reference) > 0.5, (found, reference)
+    # Letterboxed to a square and back: in a wide frame the box moves with her, in a tall one too. (The
+    # short-range model wants faces of a fifth of the frame or more: hers is 94 px, so the frames stay small.)
+    for height, width, top, left in ((512, 640, 0, 100), (640, 512, 110, 0)):
+        frame = np.zeros((height, width, 3), np.uint8)
+        frame[top:top + 512, left:left + 512] = face
+        moved = Box(found[0].x0 + left, found[0].y0 + top, found[0].x1 + left, found[0].y1 + top)
+        boxes = judge.detect(frame)
+        assert len(boxes) == 1 and boxes[0].iou(moved) > 0.7, (boxes, moved)
+    assert judge.detect(data.coffee()) == []
 
 
 def test_each_purification_removes_fine_noise_and_keeps_the_picture():
