@@ -5,6 +5,8 @@
         [--config '{"face_dissimilarity": 0.03}'] [--judges]
     #   --judges: also the two black-box identity judges on the same frames, PSNR, VMAF and the face VMAF
     #   enlarged (the evaluation's figures)
+    #   --decoy-from astronaut|VIDEO: every person's decoy is that real face's FaceNet embedding (the
+    #   astronaut photo of scikit-image, or a video's frame 10) instead of the engine's random direction
     # the raw float keyframe (no codec): three frames, each optimised cold, for several identity weights
     .venv/bin/python -m experiments.identity_cloak_probe keyframes VIDEO --weights 1 5 10 20 [--config '{}']
     # the white-box ladder per preset: FaceNet's miss rate before the codec, as delivered, after the re-encode
@@ -32,6 +34,8 @@ from media_cleaner.evaluation.evaluate import _identity as _judged, _Originals  
 from media_cleaner.evaluation.media import even_indices, probe, read_frames  # noqa: E402
 from media_cleaner.evaluation.report import _identity  # noqa: E402
 from media_cleaner.protection.face_cloak import CloakConfig, FaceCloak  # noqa: E402
+from media_cleaner.protection.face_cloak.engine import _Crop  # noqa: E402
+from media_cleaner.protection.face_cloak.tracker import FaceTrack  # noqa: E402
 from media_cleaner.params import PRESETS, ProtectionParams  # noqa: E402
 from media_cleaner.media.pipeline import protect_video  # noqa: E402
 from media_cleaner.protection.seams import Protectors, VideoStreamInfo  # noqa: E402
@@ -60,10 +64,51 @@ def black_box(originals: list[np.ndarray], protected: list[np.ndarray]) -> str:
     return "; ".join(parts)
 
 
+class _RealDecoyCloak(FaceCloak):
+    """The engine with every person's decoy replaced by one given embedding (a real face's)."""
+
+    def __init__(self, decoy: torch.Tensor, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._decoy = decoy
+
+    def _learn_identities(self, images, boxes, tracks, poses=None) -> None:
+        super()._learn_identities(images, boxes, tracks, poses)
+        for track in tracks:
+            track.decoy = self._decoy.clone()
+
+
+def face_embedding(frame: np.ndarray, config: CloakConfig) -> torch.Tensor:
+    """The engine's clean FaceNet embedding of the largest face MTCNN finds in ``frame``, cut as the engine cuts
+    a keyframe's face."""
+    cloak = FaceCloak(ProtectionParams(), threads=2, config=config)
+    cloak.begin(VideoStreamInfo(frame.shape[1], frame.shape[0], 25.0, 1))
+    faces = cloak.surrogate.detect(frame)
+    if not faces:
+        raise SystemExit("no face in the decoy's frame")
+    track = FaceTrack(max(faces, key=lambda face: face.box[2] - face.box[0]).box)
+    side = config.crop_side
+    crop = _Crop.around(track.box, config)
+    image = torch.from_numpy(crop.cut(frame, side)[None]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    scale, (x1, y1, x2, y2) = side / crop.side, track.box
+    box = torch.tensor([[(x1 - crop.x0) * scale, (y1 - crop.y0) * scale, (x2 - crop.x0) * scale,
+                         (y2 - crop.y0) * scale]])
+    cloak._learn_identities(image, box, [track])
+    return track.identity
+
+
 def clip(args) -> None:
     params = ProtectionParams(epsilon=args.epsilon, video_strength=args.strength, every_n_frames=args.every,
                               audio_level="none")
-    cloak = FaceCloak(params, threads=2, config=CloakConfig(**json.loads(args.config)))
+    config = CloakConfig(**json.loads(args.config))
+    if args.decoy_from:
+        if args.decoy_from == "astronaut":
+            from skimage.data import astronaut
+            frame = astronaut()
+        else:
+            frame = read_frames(args.decoy_from, [10], probe(args.decoy_from))[0]
+        cloak = _RealDecoyCloak(face_embedding(frame, config), params, threads=2, config=config)
+    else:
+        cloak = FaceCloak(params, threads=2, config=config)
     random.seed(args.seed)   # the random journeys: two settings compared on one seed differ by their settings
     torch.manual_seed(args.seed)
     started = time.monotonic()
@@ -163,6 +208,7 @@ def main() -> None:
     one.add_argument("--config", default="{}", help="CloakConfig fields as JSON")
     one.add_argument("--judges", action="store_true",
                      help="also the dlib and SFace judges on the same frames, PSNR and VMAF")
+    one.add_argument("--decoy-from", help="astronaut, or a video: its face's embedding is every person's decoy")
     one.set_defaults(run=clip)
     rungs = commands.add_parser("ladder")
     rungs.add_argument("video")
