@@ -209,74 +209,87 @@ class YuFaceDetector(FaceDetector):
                 for x, y, w, h in np.asarray(boxes, dtype=np.float64)]
 
 
-def blazeface_anchors() -> np.ndarray:
-    """The short-range BlazeFace model's 896 anchor centres (x, y), in input fractions: MediaPipe's
-    SsdAnchorsCalculator options for it (four layers of strides 8, 16, 16, 16 on a 128 px input, two anchors
-    per layer and cell, all of size 1), laid out as its outputs are: layers of one stride together, then
-    rows, columns, anchors."""
+def blazeface_anchors(side: int, layers: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Anchor centres (x, y) in input fractions, as MediaPipe's SsdAnchorsCalculator lays them out for
+    BlazeFace (anchors of size 1, so only centres): for each ``(stride, anchors per cell)`` (the layers of
+    one stride together), rows, then columns, then the cell's anchors."""
     centres = []
-    for stride, per_cell in ((8, 2), (16, 6)):      # layer 0; layers 1–3 share stride 16, 2 anchors each
-        cells = 128 // stride
+    for stride, per_cell in layers:
+        cells = side // stride
         for row in range(cells):
             for column in range(cells):
                 centres += [((column + 0.5) / cells, (row + 0.5) / cells)] * per_cell
     return np.array(centres, dtype=np.float32)
 
 
+# MediaPipe's two BlazeFace models: (file, input side, layers). Short range (model_selection 0, the default,
+# faces within about 2 m): four layers of strides 8, 16, 16, 16 on 128 px, two anchors per layer and cell,
+# 896 anchors. Full range (model_selection 1, faces within about 5 m): one layer of stride 4 on 192 px, one
+# anchor per cell, 2304 anchors.
+BLAZEFACE_MODELS = (("face_detection_short_range.tflite", 128, ((8, 2), (16, 6))),
+                    ("face_detection_full_range_sparse.tflite", 192, ((4, 1),)))
+
+
 class BlazeFaceDetector(FaceDetector):
-    """MediaPipe's short-range BlazeFace (Bazarevsky et al., "BlazeFace: Sub-millisecond Neural Face Detection
-    on Mobile GPUs", 2019), its default face detector: an SSD-style single-shot network with nothing in common
-    with MTCNN's cascade. The model file ships in the ``mediapipe`` wheel (Apache-2.0; only the file is
-    used, so the package is installed without its dependencies) and Google's LiteRT interpreter
-    (``ai-edge-litert``, Apache-2.0) runs it. Decoded as MediaPipe's face-detection graph does: the frame
-    letterboxed to a 128 px square in [-1, 1], box offsets scaled by 128 around each anchor, sigmoid score
-    ≥ 0.5; of boxes overlapping by IoU > 0.3 the best-scoring is kept (MediaPipe averages them instead,
-    which moves a box a little but finds the same faces)."""
+    """MediaPipe's BlazeFace (Bazarevsky et al., "BlazeFace: Sub-millisecond Neural Face Detection on Mobile
+    GPUs", 2019), its face detector: SSD-style single-shot networks with nothing in common with MTCNN's
+    cascade. A face counts as found when either of its two models finds it, the short-range one (close-ups,
+    MediaPipe's default) or the full-range one (faces further away), as an attacker would run both. The model
+    files ship in the ``mediapipe`` wheel (Apache-2.0; only the files are used, so the package is installed
+    without its dependencies) and Google's LiteRT interpreter (``ai-edge-litert``, Apache-2.0) runs them.
+    Decoded as MediaPipe's face-detection graphs do: the frame letterboxed to the model's square in [-1, 1],
+    box offsets scaled by its side around each anchor, sigmoid score ≥ 0.5; of boxes overlapping by IoU > 0.3
+    the best-scoring is kept (MediaPipe averages them instead, which moves a box a little but finds the same
+    faces)."""
 
     name = "blazeface"
-    SIDE = 128
     MIN_SCORE = 0.5
     MERGE_IOU = 0.3
 
     def __init__(self) -> None:
         super().__init__()
         interpreter = _require("ai_edge_litert.interpreter", "ai-edge-litert")
-        spec = importlib.util.find_spec("mediapipe")   # not imported: only its model file is used
-        path = None if spec is None or not spec.submodule_search_locations else \
-            Path(next(iter(spec.submodule_search_locations))) / "modules/face_detection/face_detection_short_range.tflite"
-        if path is None or not path.is_file():
-            raise EvaluationError("BlazeFace's model file (the mediapipe wheel) is missing; install the judges: "
-                                  ".venv/bin/pip install --no-deps --require-hashes -r requirements-judges.txt")
-        self._model = interpreter.Interpreter(model_path=str(path), num_threads=1)
-        self._model.allocate_tensors()
-        self._input = self._model.get_input_details()[0]["index"]
-        outputs = {d["name"]: d["index"] for d in self._model.get_output_details()}
-        self._boxes, self._scores = outputs["regressors"], outputs["classificators"]
-        self._anchors = blazeface_anchors()
+        spec = importlib.util.find_spec("mediapipe")   # not imported: only its model files are used
+        folder = None if spec is None or not spec.submodule_search_locations else \
+            Path(next(iter(spec.submodule_search_locations))) / "modules" / "face_detection"
+        self._models = []
+        for file, side, layers in BLAZEFACE_MODELS:
+            if folder is None or not (folder / file).is_file():
+                raise EvaluationError("BlazeFace's model files (the mediapipe wheel) are missing; install the "
+                                      "judges: .venv/bin/pip install --no-deps --require-hashes -r "
+                                      "requirements-judges.txt")
+            model = interpreter.Interpreter(model_path=str(folder / file), num_threads=1)
+            model.allocate_tensors()
+            # Outputs: (1, N, 16) box offsets and keypoints, (1, N, 1) face logits; told apart by their shape.
+            boxes, scores = sorted(model.get_output_details(), key=lambda detail: -int(detail["shape"][-1]))
+            self._models.append((model, model.get_input_details()[0]["index"], boxes["index"], scores["index"],
+                                 side, blazeface_anchors(side, layers)))
 
     def _detect(self, rgb):
         import cv2
         height, width = rgb.shape[:2]
-        side = max(height, width)   # letterbox: the frame centred on a black square, as MediaPipe does
-        square = np.zeros((side, side, 3), np.uint8)
-        top, left = (side - height) // 2, (side - width) // 2
+        edge = max(height, width)   # letterbox: the frame centred on a black square, as MediaPipe does
+        square = np.zeros((edge, edge, 3), np.uint8)
+        top, left = (edge - height) // 2, (edge - width) // 2
         square[top:top + height, left:left + width] = rgb
-        small = cv2.resize(square, (self.SIDE, self.SIDE), interpolation=cv2.INTER_AREA)
-        self._model.set_tensor(self._input, (small.astype(np.float32) / 127.5 - 1)[None])
-        self._model.invoke()
-        raw = self._model.get_tensor(self._boxes)[0]
-        logits = np.clip(self._model.get_tensor(self._scores)[0, :, 0].astype(np.float64), -100, 100)
-        scores = 1 / (1 + np.exp(-logits))
-        keep = np.flatnonzero(scores >= self.MIN_SCORE)
-        centres = (self._anchors[keep] + raw[keep, :2] / self.SIDE).astype(np.float64)
-        sizes = (raw[keep, 2:4] / self.SIDE).astype(np.float64)
-        candidates = [(float(scores[i]), Box(*map(float, centre - size / 2), *map(float, centre + size / 2)))
-                      for i, centre, size in zip(keep, centres, sizes)]
+        candidates = []
+        for model, input_index, boxes_index, scores_index, side, anchors in self._models:
+            small = cv2.resize(square, (side, side), interpolation=cv2.INTER_AREA)
+            model.set_tensor(input_index, (small.astype(np.float32) / 127.5 - 1)[None])
+            model.invoke()
+            raw = model.get_tensor(boxes_index)[0].astype(np.float64)
+            logits = np.clip(model.get_tensor(scores_index)[0, :, 0].astype(np.float64), -100, 100)
+            scores = 1 / (1 + np.exp(-logits))
+            keep = np.flatnonzero(scores >= self.MIN_SCORE)
+            centres = anchors[keep] + raw[keep, :2] / side
+            sizes = raw[keep, 2:4] / side
+            candidates += [(float(scores[i]), Box(*map(float, centre - size / 2), *map(float, centre + size / 2)))
+                           for i, centre, size in zip(keep, centres, sizes)]
         found = []
-        for score, box in sorted(candidates, key=lambda pair: -pair[0]):
+        for _, box in sorted(candidates, key=lambda pair: -pair[0]):
             if all(box.iou(other) <= self.MERGE_IOU for other in found):
                 found.append(box)
-        return [Box(b.x0 * side - left, b.y0 * side - top, b.x1 * side - left, b.y1 * side - top).clipped(width, height)
+        return [Box(b.x0 * edge - left, b.y0 * edge - top, b.x1 * edge - left, b.y1 * edge - top).clipped(width, height)
                 for b in found]
 
 

@@ -106,20 +106,20 @@ def test_the_sface_judge_knows_her_after_jpeg_and_not_a_cat():
 
 def test_blazeface_finds_her_where_mtcnn_does_in_any_frame_shape_and_no_face_in_coffee():
     from skimage import data
-    from media_cleaner.evaluation.judges import blazeface_anchors, detector
-    assert blazeface_anchors().shape == (896, 2)
+    from media_cleaner.evaluation.judges import BLAZEFACE_MODELS, blazeface_anchors, detector
+    assert [len(blazeface_anchors(side, layers)) for _, side, layers in BLAZEFACE_MODELS] == [896, 2304]
     judge, face = detector("blazeface"), data.astronaut()
     reference = max(detector("mtcnn").detect(face), key=lambda box: box.area)
     found = judge.detect(face)
     assert len(found) == 1 and found[0].iou(reference) > 0.5, (found, reference)
-    # Letterboxed to a square and back: in a wide frame the box moves with her, in a tall one too. (The
-    # short-range model wants faces of a fifth of the frame or more: hers is 94 px, so the frames stay small.)
-    for height, width, top, left in ((512, 640, 0, 100), (640, 512, 110, 0)):
+    # Letterboxed to a square and back: in a wide frame the box moves with her, in a tall one too. In an
+    # 1100 px frame her 94 px face is too small for the short-range model: the full-range one finds it.
+    for height, width, top, left in ((512, 640, 0, 100), (640, 512, 110, 0), (900, 1100, 300, 500)):
         frame = np.zeros((height, width, 3), np.uint8)
         frame[top:top + 512, left:left + 512] = face
         moved = Box(found[0].x0 + left, found[0].y0 + top, found[0].x1 + left, found[0].y1 + top)
         boxes = judge.detect(frame)
-        assert len(boxes) == 1 and boxes[0].iou(moved) > 0.7, (boxes, moved)
+        assert len(boxes) == 1 and boxes[0].iou(moved) > 0.6, (boxes, moved)
     assert judge.detect(data.coffee()) == []
 
 
