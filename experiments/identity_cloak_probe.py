@@ -89,10 +89,7 @@ def face_embedding(frame: np.ndarray, config: CloakConfig) -> torch.Tensor:
     side = config.crop_side
     crop = _Crop.around(track.box, config)
     image = torch.from_numpy(crop.cut(frame, side)[None]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    scale, (x1, y1, x2, y2) = side / crop.side, track.box
-    box = torch.tensor([[(x1 - crop.x0) * scale, (y1 - crop.y0) * scale, (x2 - crop.x0) * scale,
-                         (y2 - crop.y0) * scale]])
-    cloak._learn_identities(image, box, [track])
+    cloak._learn_identities(image, torch.tensor([crop.box_in_crop(track.box, side)]), [track])
     return track.identity
 
 

@@ -2,10 +2,9 @@
 
 Black-box judges (the protection never sees them): OpenCV's Haar frontal cascade, dlib's HOG detector,
 dlib's CNN (mmod) detector, libfacedetection's CNN (``yuface``, BSD), MediaPipe's BlazeFace (Apache-2.0), and
-two recognizers: dlib's 128-D ResNet
-face embedding and OpenCV Zoo's SFace (:class:`SFaceIdentity`). White-box surrogate (the face cloak
-attacks it, so its figure is an upper bound): MTCNN from facenet-pytorch. None of these is ever used to
-compute a perturbation.
+two recognizers: dlib's 128-D ResNet face embedding and OpenCV Zoo's SFace (:class:`SFaceIdentity`).
+White-box surrogate (the face cloak attacks it, so its figure is an upper bound): MTCNN from facenet-pytorch.
+None of these is ever used to compute a perturbation.
 
 Every detector answers the same question the same way: ``detect(rgb) -> list[Box]`` with boxes in the
 frame's pixel coordinates. Models load lazily, once per process, from the files their packages ship

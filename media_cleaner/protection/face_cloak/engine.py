@@ -184,6 +184,12 @@ class _Crop:
         interpolation = cv2.INTER_AREA if self.side > size else cv2.INTER_LINEAR
         return cv2.resize(patch, (size, size), interpolation=interpolation)
 
+    def box_in_crop(self, box: tuple[float, float, float, float], size: int) -> list[float]:
+        """A frame box in the pixels of the region resampled to size × size (:meth:`cut`)."""
+        scale = size / self.side
+        return [(box[0] - self.x0) * scale, (box[1] - self.y0) * scale, (box[2] - self.x0) * scale,
+                (box[3] - self.y0) * scale]
+
     def paste(self, target: np.ndarray, delta: np.ndarray) -> None:
         """Add ``delta`` (size × size × 3, levels of 255) resampled to the region onto uint8 ``target``, in
         place (:func:`.alignment.add_levels`)."""
@@ -394,10 +400,7 @@ class FaceCloak:
         for track in tracks:
             crop = _Crop.around(track.box, config)
             crops.append(crop.cut(frame, side))
-            scale = side / crop.side
-            x1, y1, x2, y2 = track.box
-            boxes.append([(x1 - crop.x0) * scale, (y1 - crop.y0) * scale, (x2 - crop.x0) * scale,
-                          (y2 - crop.y0) * scale])
+            boxes.append(crop.box_in_crop(track.box, side))
         images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         boxes_t = torch.tensor(boxes, dtype=torch.float32)
         if config.whole_crop:
