@@ -471,7 +471,9 @@ def format_table(result: dict) -> str:
     lines = [f"original : {result['original']}", f"protected: {result['protected']}",
              (f"frames   : {result['frames_evaluated']} sampled evenly "
               f"(dlib_cnn on {result['frames_evaluated_dlib_cnn']} of them)"), ""]
-    header = f"{'figure':<34}" + "".join(f"{name:>14}" for name in variants)
+    # Wide enough for the longest label ("mtcnn (white box): found in protected").
+    width = 40
+    header = f"{'figure':<{width}}" + "".join(f"{name:>14}" for name in variants)
     lines += [header, "-" * len(header)]
 
     def row(label, getter, **fmt):
@@ -481,7 +483,7 @@ def format_table(result: dict) -> str:
                 cells.append(_fmt(getter(result["video"][name]), **fmt))
             except (KeyError, TypeError):
                 cells.append("–")
-        lines.append(f"{label:<34}" + "".join(f"{cell:>14}" for cell in cells))
+        lines.append(f"{label:<{width}}" + "".join(f"{cell:>14}" for cell in cells))
 
     for name in DETECTOR_ORDER:
         if name not in result["video"]["delivered"]["detection"]:
