@@ -94,6 +94,8 @@ def person_photos(video: Path, root: str | Path | None) -> Path | None:
 COLUMNS = [
     *[(f"{name} D/R", ("video", "{variant}", "detection", name, "protection"), "percent2")
       for name in DETECTOR_ORDER],
+    # The mean over the black-box detectors above (MTCNN, the white box, left out).
+    ("black-box det D/R", ("video", "{variant}", "black_box_detection"), "percent2"),
     ("id match D/R", ("video", "{variant}", "identity", "match_rate"), "percent2"),
     # Over the set, the mean of these is the share of clips in which the person is still matched.
     ("best frame D/R", ("video", "{variant}", "identity", "best_frame_matched"), "percent2"),

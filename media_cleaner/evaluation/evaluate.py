@@ -184,6 +184,14 @@ def _detection(originals: _Originals, protected: list[np.ndarray], scale: tuple[
     return result
 
 
+def _black_box_mean(detection: dict) -> float | None:
+    """Mean protection over the black-box detectors that saw a face in the original (the figure the detection
+    targets are stated in); None when none did."""
+    figures = [entry["protection"] for entry in detection.values()
+               if not entry["white_box"] and entry.get("protection") is not None]
+    return sum(figures) / len(figures) if figures else None
+
+
 def _identity(originals: _Originals, protected: list[np.ndarray], scale: tuple[float, float],
               name: str = "dlib") -> dict:
     """The identity judge ``name`` on the protected frames: each original face (the largest the judge's own
@@ -316,7 +324,9 @@ def _score_video(original, original_info, variant, originals: _Originals, indice
                             face=face_region(originals.face_boxes, original_info.width, original_info.height))
     at_original_size = _resize_to(frames, original_info.width, original_info.height)
     quality["face_ssim"] = face_ssim(originals.frames, at_original_size, originals.face_boxes)
-    result = {"detection": _detection(originals, frames, scale), "identity": _identity(originals, frames, scale),
+    detection = _detection(originals, frames, scale)
+    result = {"detection": detection, "black_box_detection": _black_box_mean(detection),
+              "identity": _identity(originals, frames, scale),
               "identity_sface": _identity(originals, frames, scale, "sface"),
               "quality": quality, "size": [info.width, info.height]}
     if work is not None:
@@ -492,6 +502,7 @@ def format_table(result: dict) -> str:
         row(f"{tag}: found in original", lambda v, n=name: v["detection"][n]["original_rate"], percent=True)
         row(f"{tag}: found in protected", lambda v, n=name: v["detection"][n]["protected_rate"], percent=True)
         row(f"{tag}: protection", lambda v, n=name: v["detection"][n]["protection"], percent=True)
+    row("black-box detectors: mean protection", lambda v: v["black_box_detection"], percent=True)
     row("identity: dlib match rate", lambda v: v["identity"]["match_rate"], percent=True)
     row("identity: mean distance (<0.6 match)", lambda v: v["identity"]["mean_distance"])
     row("identity: best frame's distance", lambda v: v["identity"].get("best_frame_distance"))

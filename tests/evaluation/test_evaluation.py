@@ -63,6 +63,7 @@ def test_a_video_against_itself_has_no_protection_and_infinite_psnr(self_result)
     assert delivered["detection"]["mtcnn"]["white_box"] is True
     assert delivered["detection"]["haar"]["white_box"] is False
     assert delivered["detection"]["dlib_cnn"]["frames"] == 2 and self_result["frames_evaluated_dlib_cnn"] == 2
+    assert delivered["black_box_detection"] == 0.0
     assert delivered["identity"]["match_rate"] == 1.0 and delivered["identity"]["mean_distance"] < 1e-6
     # As an attacker judges the clip: its best frame and its template still match (it is the same video).
     assert delivered["identity"]["best_frame_distance"] < 1e-6 and delivered["identity"]["template_distance"] < 1e-6
@@ -195,6 +196,8 @@ def test_a_heavily_blurred_copy_is_clearly_protected(face_clip, tmp_path):
     assert detection["haar"]["protection"] >= 0.5, detection
     assert detection["dlib_hog"]["protection"] >= 0.5, detection
     assert np.mean([detection[n]["protection"] for n in DETECTORS]) >= 0.5, detection
+    black_box = [detection[n]["protection"] for n in DETECTORS if n != "mtcnn"]
+    assert result["video"]["delivered"]["black_box_detection"] == pytest.approx(np.mean(black_box))
     assert result["video"]["delivered"]["identity"]["match_rate"] <= 0.5
     assert result["video"]["delivered"]["identity_sface"]["match_rate"] <= 0.5
     quality = result["video"]["delivered"]["quality"]
