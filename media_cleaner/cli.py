@@ -214,7 +214,8 @@ def cmd_evaluate_set(args: argparse.Namespace) -> int:
 
     result = evaluate_set(args.folder, params, frames=args.frames, cnn_frames=args.cnn_frames,
                           reencode=not args.no_reencode, threads=args.threads, on_file=progress,
-                          pass_through=args.pass_through, face_references=args.face_references)
+                          pass_through=args.pass_through, face_references=args.face_references,
+                          seed=None if args.seed == "none" else int(args.seed))
     print(format_set_table(result))
     _write_json(args.json, result)
     return 0
@@ -241,6 +242,13 @@ def cmd_voice_threshold(args: argparse.Namespace) -> int:
               f"same-speaker pairs (mean {result['same_mean']:.3f}), {result['different_pairs']} "
               f"different-speaker pairs (mean {result['different_mean']:.3f})")
     return 0
+
+
+def _seed(text: str) -> str:
+    """``--seed``: a whole number or ``none``."""
+    if text != "none" and not text.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"a whole number or 'none', not {text!r}")
+    return text
 
 
 def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_set.add_argument("--face-references", metavar="ROOT",
                               help="a folder of <person>/<photos>: a video named <person>__… is also judged "
                                    "against that person's photos")
+    evaluate_set.add_argument("--seed", default="0", type=_seed,
+                              help="seed of the engines' random transformations before each file, so that a "
+                                   "run reproduces; 'none' leaves them unseeded (default 0)")
     _add_evaluation_arguments(evaluate_set)
     evaluate_set.set_defaults(run=cmd_evaluate_set)
 

@@ -11,6 +11,7 @@ speaker figures are also taken against the other utterances in its folder (the s
 from __future__ import annotations
 
 import math
+import random
 import shlex
 import tempfile
 import time
@@ -29,7 +30,7 @@ from media_cleaner.params import ProtectionParams
 from media_cleaner.media.pipeline import protect_video
 from media_cleaner.media.probe import MediaError
 from media_cleaner.protection.seams import PassThroughAudio, PassThroughVideo, Protectors
-from media_cleaner.protection.registry import build_protectors
+from media_cleaner.protection.registry import build_protectors, warm_up_engines
 from media_cleaner.evaluation import EvaluationError
 from media_cleaner.evaluation.evaluate import (
     DEFAULT_CNN_FRAMES,
@@ -206,21 +207,36 @@ def engine_protectors(params: ProtectionParams, threads: int) -> Protectors:
     return build_protectors(params, threads=threads)
 
 
+def seed_engines(seed: int) -> None:
+    """Seed what the engines draw at random (the attacks' random transformations and jitter: Python's and
+    torch's generators), so that protecting one file twice gives the same file. The models must be loaded
+    already (:func:`~media_cleaner.protection.registry.warm_up_engines`): building a network draws its
+    initial weights from torch's generator, and only the first task of a process builds them."""
+    import torch
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = DEFAULT_FRAMES,
                  cnn_frames: int = DEFAULT_CNN_FRAMES, reencode: bool = True, threads: int = 2,
                  settings: Settings | None = None, on_file: Callable[[dict], None] | None = None,
-                 pass_through: bool = False, face_references: str | Path | None = None) -> dict:
+                 pass_through: bool = False, face_references: str | Path | None = None,
+                 seed: int | None = 0) -> dict:
     """Protect and evaluate every file of ``folder``; ``on_file(entry)`` is called as each one finishes.
 
     ``pass_through``: protect with the engines off, which gives the baseline every engine is compared to.
     ``face_references``: a folder of ``<person>/<photos>``; a video named ``<person>__…`` is also judged
     against that person's photos (:func:`.evaluate.evaluate_pair`'s ``face_reference``).
+    ``seed``: :func:`seed_engines` before each file, so that a run's figures reproduce (unseeded, two runs of
+    `strong` differed by up to 10 points on one detector); None leaves the generators as they are.
     """
     make_protectors = pass_through_protectors if pass_through else engine_protectors
     started = time.monotonic()
     settings = settings or Settings()
     inputs, is_speech = collect_inputs(folder)
     ffmpeg = find_ffmpeg(settings.ffmpeg)
+    if seed is not None and not pass_through:
+        warm_up_engines()
     entries = []
     with tempfile.TemporaryDirectory(prefix="media_cleaner_set_") as work:
         work = Path(work)
@@ -230,6 +246,8 @@ def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = 
                 original = wrap_speech(source, work / f"{number}_wrapped.mp4", ffmpeg) if is_speech else source
                 protected = work / f"{number}_protected.mp4"
                 t0 = time.monotonic()
+                if seed is not None:
+                    seed_engines(seed)
                 protectors = make_protectors(params, threads)
                 protect_video(original, protected, protectors, temp_dir=work / "tmp",
                               threads=threads, crf=settings.video_crf, preset=settings.video_preset,
@@ -253,9 +271,11 @@ def evaluate_set(folder: str | Path, params: ProtectionParams, *, frames: int = 
         parts.append("--no-reencode")
     if pass_through:
         parts.append("--pass-through")
+    parts += ["--seed", "none" if seed is None else str(seed)]
     good = [e["result"] for e in entries if "result" in e]
     return {"settings": {"epsilon": params.epsilon, "video_strength": params.video_strength,
                          "every_n_frames": params.every_n_frames, "audio_level": params.audio_level,
                          "crf": settings.video_crf, "preset": settings.video_preset},
-            "engines": "off (pass-through)" if pass_through else "on", "files": entries, "means": means(good),
+            "seed": seed, "engines": "off (pass-through)" if pass_through else "on", "files": entries,
+            "means": means(good),
             "seconds": round(time.monotonic() - started, 1), "command": shlex.join(parts)}

@@ -326,6 +326,19 @@ def test_evaluate_set_protects_and_scores_every_video(face_clip, tmp_path):
     table = format_set_table(report)
     assert "a.mp4" in table and "mean" in table
     assert "evaluate-set" in report["command"] and "--pass-through" in report["command"]
+    assert "--seed 0" in report["command"] and report["seed"] == 0
+
+
+def test_a_seeded_set_protects_the_same_way_twice(face_clip, tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(face_clip.read_bytes())
+    runs = [evaluate_set(folder, ProtectionParams(audio_level="none"), frames=2, cnn_frames=1, reencode=False,
+                         seed=3)["files"][0]["result"]["video"]["delivered"] for _ in range(2)]
+    first, second = runs
+    assert first["quality"]["psnr"] < 60   # the engines did change the face
+    assert first["quality"]["psnr"] == second["quality"]["psnr"]
+    assert first["identity"]["mean_distance"] == second["identity"]["mean_distance"]
 
 
 def test_a_folder_of_speech_is_wrapped_in_still_videos(tmp_path):
