@@ -31,8 +31,8 @@ import torch
 from media_cleaner.protection.face_cloak.dlib_recognizer import (MATCH_THRESHOLD, DlibResNet, convert_dlib,
                                                                  _installed_dat, load_dlib_recognizer)
 
-# The development photos live beside the checkout, never inside it: their rights stay with their owners, so
-# they are not committed and a fresh clone has none; --faces takes any folder of <person>/<photos>.
+# The development photos live outside this repository, beside the checkout: their rights stay with their
+# owners, so they are never committed and a fresh clone has none; --faces takes any folder of <person>/<photos>.
 DEV_FACES = Path(__file__).resolve().parents[2] / "shared" / "media" / "dev" / "faces"
 PHOTOS = ["barack_obama/barack_obama__facerec_obama.jpg", "barack_obama/barack_obama__facerec_obama1.jpg",
           "angelina_jolie/angelina_jolie__deepface_img1.jpg", "jack_dorsey/jack_dorsey__deepface_img16.jpg",

@@ -36,6 +36,9 @@ from media_cleaner.media.ffmpeg import find_ffmpeg  # noqa: E402
 from media_cleaner.params import ProtectionParams  # noqa: E402
 from media_cleaner.protection.seams import VideoStreamInfo  # noqa: E402
 
+# The development clips: outside this repository, beside the checkout, and never committed (their rights stay
+# with their owners, so a fresh clone has none); --clips takes any other videos.
+DEV_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "media" / "dev" / "videos"
 DEV_CLIPS = ["matt_damon__pcavs_00010", "amy_adams__pcavs_00373", "david_beckham__pcavs_00098",
              "hdtf_woman_glasses_unknown__vretalking_5", "katie_hill__sadtalker_WDA_000",
              "eric_swalwell_guess__vretalking_2", "hdtf_man_suit_unknown__vretalking_1",
@@ -57,13 +60,11 @@ def keyframes(clips: list[Path], cache: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def dev_keyframes(cache: str | Path) -> list[tuple[str, np.ndarray]]:
-    """:func:`keyframes` of the :data:`DEV_CLIPS` in ../shared/media/dev/videos, decoded once into ``cache``.
-
-    That folder is outside this repository (beside the checkout) and never committed: the development clips'
-    rights stay with their owners, so a fresh clone has none. The figures these keyframes gave are in EVALUATION.md."""
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
+    """:func:`keyframes` of the :data:`DEV_CLIPS` in :data:`DEV_VIDEOS` (../shared/media/dev/videos, outside
+    this repository and never committed: the clips' rights stay with their owners), decoded once into
+    ``cache``. The figures these keyframes gave are in EVALUATION.md."""
     Path(cache).mkdir(parents=True, exist_ok=True)
-    return keyframes([root / f"{name}.mp4" for name in DEV_CLIPS], Path(cache))
+    return keyframes([DEV_VIDEOS / f"{name}.mp4" for name in DEV_CLIPS], Path(cache))
 
 
 def encode(frame: np.ndarray, target: Path, crf: int = 17) -> None:
@@ -132,10 +133,7 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = cloak_config(args.config)
-    # The development clips live outside this repository, beside the checkout (their rights stay with their
-    # owners, so a fresh clone has none); --clips takes any other videos.
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "dev" / "videos"
-    clips = videos(args.clips) if args.clips else [root / f"{name}.mp4" for name in DEV_CLIPS]
+    clips = videos(args.clips) if args.clips else [DEV_VIDEOS / f"{name}.mp4" for name in DEV_CLIPS]
     out = Path(args.out)
     work = out / args.name
     (out / "cache").mkdir(parents=True, exist_ok=True)

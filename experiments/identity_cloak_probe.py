@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 import time
 
 import numpy as np
 import torch
 
+from media_cleaner.evaluation.dataset import seed_engines  # noqa: E402
 from media_cleaner.evaluation.evaluate import _identity as _judged, _Originals  # noqa: E402
 from media_cleaner.evaluation.media import even_indices, probe, read_frames  # noqa: E402
 from media_cleaner.evaluation.report import _identity  # noqa: E402
@@ -106,8 +106,7 @@ def clip(args) -> None:
         cloak = _RealDecoyCloak(face_embedding(frame, config), params, threads=2, config=config)
     else:
         cloak = FaceCloak(params, threads=2, config=config)
-    random.seed(args.seed)   # the random journeys: two settings compared on one seed differ by their settings
-    torch.manual_seed(args.seed)
+    seed_engines(args.seed)   # the random journeys: two settings compared on one seed differ by their settings
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         protect_video(args.video, args.output, Protectors(cloak, None), temp_dir=scratch,
@@ -175,8 +174,7 @@ def ladder(args) -> None:
         cloak = FaceCloak(ProtectionParams(epsilon=epsilon, video_strength=strength, audio_level="none"),
                           threads=2, config=CloakConfig(**json.loads(args.config)))
         recording = _Recording(cloak, indices)
-        random.seed(args.seed)
-        torch.manual_seed(args.seed)
+        seed_engines(args.seed)
         with tempfile.TemporaryDirectory() as scratch:
             delivered = f"{scratch}/delivered.mp4"
             protect_video(args.video, delivered, Protectors(recording, None), temp_dir=scratch, threads=2)

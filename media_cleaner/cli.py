@@ -215,7 +215,7 @@ def cmd_evaluate_set(args: argparse.Namespace) -> int:
     result = evaluate_set(args.folder, params, frames=args.frames, cnn_frames=args.cnn_frames,
                           reencode=not args.no_reencode, threads=args.threads, on_file=progress,
                           pass_through=args.pass_through, face_references=args.face_references,
-                          seed=None if args.seed == "none" else int(args.seed))
+                          seed=args.seed)
     print(format_set_table(result))
     _write_json(args.json, result)
     return 0
@@ -244,11 +244,14 @@ def cmd_voice_threshold(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seed(text: str) -> str:
-    """``--seed``: a whole number or ``none``."""
-    if text != "none" and not text.lstrip("-").isdigit():
-        raise argparse.ArgumentTypeError(f"a whole number or 'none', not {text!r}")
-    return text
+def _seed(text: str) -> int | None:
+    """``--seed``: a whole number, or ``none`` (None)."""
+    if text == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or 'none', not {text!r}") from None
 
 
 def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:

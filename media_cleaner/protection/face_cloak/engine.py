@@ -246,9 +246,8 @@ class FaceCloak:
         if epsilon <= DEFAULT_EPSILON:
             floor = config.face_dissimilarity * (epsilon / DEFAULT_EPSILON) ** 2
         else:   # the power law through the two anchors around it (the last pair past the strongest)
-            (low, low_floor), (high, high_floor) = next(
-                (anchors[i], anchors[i + 1]) for i in range(len(anchors) - 1)
-                if epsilon <= anchors[i + 1][0] or i == len(anchors) - 2)
+            pairs = list(zip(anchors, anchors[1:]))
+            (low, low_floor), (high, high_floor) = next((pair for pair in pairs if epsilon <= pair[1][0]), pairs[-1])
             exponent = math.log(high_floor / low_floor) / math.log(high / low)
             floor = low_floor * (epsilon / low) ** exponent
         return min(config.max_face_dissimilarity, floor)
